@@ -1,0 +1,55 @@
+//! The library's one error type. Every failure that user input can cause ends up here, with a
+//! message that says what went wrong, where, and (when it helps) what to do about it. Binaries
+//! print it as `error: <message>` and exit with code 2.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug)]
+pub enum Error {
+    /// A file could not be opened, read or written.
+    Io { path: PathBuf, source: std::io::Error },
+    /// A weights file is malformed, or a tensor in it is missing, extra, mis-shaped or mistyped.
+    Weights(String),
+    /// A model configuration is malformed or inconsistent.
+    Config(String),
+    /// An input (tensor, image, boxes, flags) is malformed or out of range.
+    Input(String),
+    /// The CUDA backend is unavailable or failed.
+    Cuda(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().to_path_buf(), source }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { path, source } => write!(f, "{}: {}", path.display(), source),
+            Error::Weights(m) => write!(f, "weights: {m}"),
+            Error::Config(m) => write!(f, "config: {m}"),
+            Error::Input(m) => write!(f, "input: {m}"),
+            Error::Cuda(m) => write!(f, "cuda: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Shorthand for `Err(Error::Input(format!(...)))`.
+#[macro_export]
+macro_rules! input_err {
+    ($($t:tt)*) => { Err($crate::error::Error::Input(format!($($t)*))) };
+}
