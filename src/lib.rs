@@ -5,6 +5,7 @@
 
 pub mod cuda;
 pub mod error;
+pub mod infer;
 pub mod model;
 pub mod ops;
 pub mod tensor;

@@ -38,49 +38,51 @@ pub struct ManoData<'a> {
     pub tips: &'a [usize; 5],
 }
 
-/// 4×4 rigid transform stored as its top 3×4 rows (the bottom row is always 0 0 0 1).
+/// A 3×4 matrix `[M | t]` (row-major) standing for the affine map `x ↦ M·x + t`.
 type Affine = [f32; 12];
 
-fn compose(a: &Affine, b: &Affine) -> Affine {
-    let mut out = [0f32; 12];
-    for r in 0..3 {
-        for c in 0..4 {
-            let mut acc = a[r * 4] * b[c] + a[r * 4 + 1] * b[4 + c] + a[r * 4 + 2] * b[8 + c];
-            if c == 3 {
-                acc += a[r * 4 + 3];
-            }
-            out[r * 4 + c] = acc;
-        }
-    }
-    out
-}
-
-/// Kinematic chain for one sample: rotations `[16, 9]` and rest joints `[16, 3]` → posed joints
-/// `[16, 3]` and skinning transforms `A_j = [G_j^R | G_j^t − G_j^R·J_j]`.
+/// Kinematic chain for one sample, written so that the identity pose is exact.
+///
+/// smplx builds `G_j = G_parent·[R_j | J_j − J_parent]` and the skinning transforms
+/// `A_j = G_j·[I | −J_j]`. Equivalently `A_j = A_parent·L_j` with `L_j = [R_j | J_j − R_j·J_j]`,
+/// and we carry `D_j = A_j − [I | 0]`:
+/// `D_j = [R_j − I + D_p^R·R_j | t_j + D_p^R·t_j + D_p^t]`, `t_j = J_j − R_j·J_j`.
+/// For identity rotations every `D_j` is exactly zero, so the rest pose reproduces the template
+/// bit for bit; otherwise the result equals smplx's up to f32 rounding.
+/// Returns the posed joints `J'_j = J_j + D_j^R·J_j + D_j^t` and the `D_j`.
 pub fn rigid_chain(rot: &[f32], joints: &[f32], parents: &[usize; NUM_JOINTS]) -> ([[f32; 3]; NUM_JOINTS], [Affine; NUM_JOINTS]) {
-    let mut g = [[0f32; 12]; NUM_JOINTS];
+    let mut d = [[0f32; 12]; NUM_JOINTS];
+    let mut posed = [[0f32; 3]; NUM_JOINTS];
     for j in 0..NUM_JOINTS {
-        let mut rel = [joints[j * 3], joints[j * 3 + 1], joints[j * 3 + 2]];
-        if j > 0 {
-            let p = parents[j];
+        let r = &rot[j * 9..j * 9 + 9];
+        let jj = [joints[j * 3], joints[j * 3 + 1], joints[j * 3 + 2]];
+        let mut t = [0f32; 3];
+        for row in 0..3 {
+            t[row] = jj[row] - (r[row * 3] * jj[0] + r[row * 3 + 1] * jj[1] + r[row * 3 + 2] * jj[2]);
+        }
+        let mut dj = [0f32; 12];
+        for row in 0..3 {
             for c in 0..3 {
-                rel[c] -= joints[p * 3 + c];
+                dj[row * 4 + c] = r[row * 3 + c] - if row == c { 1.0 } else { 0.0 };
+            }
+            dj[row * 4 + 3] = t[row];
+        }
+        if j > 0 {
+            let dp = d[parents[j]];
+            for row in 0..3 {
+                let pr = [dp[row * 4], dp[row * 4 + 1], dp[row * 4 + 2]];
+                for c in 0..3 {
+                    dj[row * 4 + c] += pr[0] * r[c] + pr[1] * r[3 + c] + pr[2] * r[6 + c];
+                }
+                dj[row * 4 + 3] += pr[0] * t[0] + pr[1] * t[1] + pr[2] * t[2] + dp[row * 4 + 3];
             }
         }
-        let r = &rot[j * 9..j * 9 + 9];
-        let t: Affine = [r[0], r[1], r[2], rel[0], r[3], r[4], r[5], rel[1], r[6], r[7], r[8], rel[2]];
-        g[j] = if j == 0 { t } else { compose(&g[parents[j]], &t) };
-    }
-    let mut posed = [[0f32; 3]; NUM_JOINTS];
-    let mut a = g;
-    for j in 0..NUM_JOINTS {
-        posed[j] = [g[j][3], g[j][7], g[j][11]];
-        for r in 0..3 {
-            let gj = g[j][r * 4] * joints[j * 3] + g[j][r * 4 + 1] * joints[j * 3 + 1] + g[j][r * 4 + 2] * joints[j * 3 + 2];
-            a[j][r * 4 + 3] = g[j][r * 4 + 3] - gj;
+        for row in 0..3 {
+            posed[j][row] = jj[row] + (dj[row * 4] * jj[0] + dj[row * 4 + 1] * jj[1] + dj[row * 4 + 2] * jj[2] + dj[row * 4 + 3]);
         }
+        d[j] = dj;
     }
-    (posed, a)
+    (posed, d)
 }
 
 /// CPU twin of the MANO forward. `rotmats` `[b, 16, 3, 3]` (global orient first), `betas`
@@ -121,19 +123,21 @@ pub fn mano_fwd_cpu(m: &ManoData, rotmats: &[f32], betas: &[f32], b: usize, vert
             for (p, s) in vp.iter_mut().zip(vs) {
                 *p += s;
             }
-            let (posed, a) = rigid_chain(&rotmats[bi * NUM_JOINTS * 9..(bi + 1) * NUM_JOINTS * 9], &joints, m.parents);
-            // Linear blend skinning: T = Σ_j w_vj·A_j, v = T·(v_posed, 1).
+            let (posed, d) = rigid_chain(&rotmats[bi * NUM_JOINTS * 9..(bi + 1) * NUM_JOINTS * 9], &joints, m.parents);
+            // Linear blend skinning, v = Σ_j w_vj·A_j·(v_posed, 1), written as
+            // v = v_posed + (Σ_j w_vj·D_j)·(v_posed, 1): the same when the weights sum to 1
+            // (MANO's do), and exact for the rest pose.
             for v in 0..nv {
                 let w = &m.lbs_weights[v * NUM_JOINTS..(v + 1) * NUM_JOINTS];
                 let mut t = [0f32; 12];
-                for (wj, aj) in w.iter().zip(&a) {
+                for (wj, dj) in w.iter().zip(&d) {
                     for e in 0..12 {
-                        t[e] += wj * aj[e];
+                        t[e] += wj * dj[e];
                     }
                 }
                 let p = &vp[v * 3..v * 3 + 3];
                 for r in 0..3 {
-                    out_v[v * 3 + r] = t[r * 4] * p[0] + t[r * 4 + 1] * p[1] + t[r * 4 + 2] * p[2] + t[r * 4 + 3];
+                    out_v[v * 3 + r] = p[r] + (t[r * 4] * p[0] + t[r * 4 + 1] * p[1] + t[r * 4 + 2] * p[2] + t[r * 4 + 3]);
                 }
             }
             // 16 posed joints + 5 fingertip vertices, then the OpenPose order.

@@ -53,3 +53,53 @@ pub fn tiny_config(u: Uncertainty) -> ModelConfig {
     cfg.uncertainty = u;
     cfg
 }
+
+/// One tensor of a safetensors file, owned.
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+pub fn read_all(path: &Path) -> Vec<RawTensor> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<RawTensor> = st
+        .iter()
+        .map(|(n, t)| RawTensor { name: n.to_string(), dtype: t.dtype(), shape: t.shape().to_vec(), data: t.data().to_vec() })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+pub fn write_all(path: &Path, tensors: &[RawTensor]) {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|t| (t.name.clone(), safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+pub fn f32_tensor(name: &str, shape: &[usize], values: &[f32]) -> RawTensor {
+    RawTensor { name: name.into(), dtype: safetensors::Dtype::F32, shape: shape.to_vec(), data: bytemuck::cast_slice(values).to_vec() }
+}
+
+/// Runs the `infer` binary; returns (exit code, stdout, stderr).
+pub fn infer(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_infer")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Asserts that a failed run printed exactly one line, `error: ...` containing every `needle`,
+/// and exited with code 2.
+pub fn assert_clean_error(run: (i32, String, String), needles: &[&str]) {
+    let (code, _, err) = run;
+    assert_eq!(code, 2, "exit code (stderr: {err})");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one stderr line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(lines[0].contains(n), "`{n}` not in: {}", lines[0]);
+    }
+}

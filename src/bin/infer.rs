@@ -1,0 +1,219 @@
+//! `infer`: run the model on a normalised input tensor (tensor mode) or on images (image mode).
+//! See `infer --help`.
+
+use handcov::error::{Error, Result};
+use handcov::infer::{boxes_for, collect_images, hand_json, hand_vertices, load_image, make_crop, obj_text, parse_boxes, stack, HandCrop};
+use handcov::model::config::{ModelConfig, Uncertainty};
+use handcov::model::weights::{save_f32, write_atomic, TensorFile};
+use handcov::model::{detect_uncertainty, HandModel};
+use std::path::{Path, PathBuf};
+
+const HELP: &str = "\
+infer: 3D hand pose with per-joint uncertainty (HaMeR + uncertainty heads)
+
+USAGE (tensor mode):
+  infer --weights W.safetensors --input-tensor X.safetensors --dump OUT.safetensors [options]
+      X holds `img` f32 [B,3,S,S], normalised square crops (S = image_size, 256 for hamer).
+      OUT gets every output tensor (see README).
+USAGE (image mode):
+  infer --weights W.safetensors --images FILE_OR_DIR [--images ...] --out DIR [options]
+      [--boxes boxes.json] [--obj] [--batch N]
+      One JSON per image in DIR (and one OBJ mesh per hand with --obj).
+
+OPTIONS:
+  --config NAME_OR_FILE   preset `hamer` (default) or `tiny`, or a model config JSON
+  --uncertainty TYPE      none|diag|full|ours|ours_wo_linear (default: the config file's value;
+                          with a preset, detected from the weights)
+  --mano M.safetensors    take the MANO model from this file (see weights/README.md)
+  --device cpu|cuda       default cpu
+  --threads N             CPU threads (default: all cores)
+  --batch N               hands per forward pass in image mode (default 8)
+  -h, --help              this text
+";
+
+struct Args {
+    config: String,
+    uncertainty: Option<String>,
+    weights: PathBuf,
+    mano: Option<PathBuf>,
+    device: String,
+    threads: Option<usize>,
+    input_tensor: Option<PathBuf>,
+    dump: Option<PathBuf>,
+    images: Vec<PathBuf>,
+    boxes: Option<PathBuf>,
+    out: Option<PathBuf>,
+    obj: bool,
+    batch: usize,
+}
+
+fn arg_err(e: pico_args::Error) -> Error {
+    Error::Input(format!("{e} (see --help)"))
+}
+
+/// An optional `--flag VALUE`, with the flag named in a parse error.
+fn opt<T: std::str::FromStr>(p: &mut pico_args::Arguments, flag: &'static str) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    p.opt_value_from_fn(flag, |v| v.parse::<T>().map_err(|e| format!("{e}")))
+        .map_err(|e| Error::Input(format!("{flag}: {e} (see --help)")))
+}
+
+fn parse_args() -> Result<Option<Args>> {
+    let mut p = pico_args::Arguments::from_env();
+    if p.contains(["-h", "--help"]) {
+        print!("{HELP}");
+        return Ok(None);
+    }
+    let args = Args {
+        config: opt(&mut p, "--config")?.unwrap_or_else(|| "hamer".to_string()),
+        uncertainty: opt(&mut p, "--uncertainty")?,
+        weights: p.value_from_str("--weights").map_err(arg_err)?,
+        mano: opt(&mut p, "--mano")?,
+        device: opt(&mut p, "--device")?.unwrap_or_else(|| "cpu".to_string()),
+        threads: opt(&mut p, "--threads")?,
+        input_tensor: opt(&mut p, "--input-tensor")?,
+        dump: opt(&mut p, "--dump")?,
+        images: p.values_from_str("--images").map_err(arg_err)?,
+        boxes: opt(&mut p, "--boxes")?,
+        out: opt(&mut p, "--out")?,
+        obj: p.contains("--obj"),
+        batch: opt(&mut p, "--batch")?.unwrap_or(8),
+    };
+    let rest = p.finish();
+    if let Some(first) = rest.first() {
+        return Err(Error::Input(format!("unexpected argument {:?} (see --help)", first)));
+    }
+    if args.batch == 0 {
+        return Err(Error::Input("--batch must be at least 1".into()));
+    }
+    Ok(Some(args))
+}
+
+fn load_model(args: &Args) -> Result<HandModel> {
+    let weights = TensorFile::open(&args.weights)?;
+    let mano = args.mano.as_deref().map(TensorFile::open).transpose()?;
+    let mut config = ModelConfig::load(&args.config)?;
+    match &args.uncertainty {
+        Some(u) => config.uncertainty = Uncertainty::parse(u)?,
+        None if ModelConfig::preset(&args.config).is_some() => config.uncertainty = detect_uncertainty(&weights),
+        None => {}
+    }
+    HandModel::load(config, &weights, mano.as_ref())
+}
+
+fn run_tensor_mode(model: &HandModel, input: &Path, dump: &Path) -> Result<()> {
+    let file = TensorFile::open(input)?;
+    if !file.contains("img") {
+        return Err(Error::Input(format!("{}: no tensor named `img` (expected f32 [B,3,S,S])", input.display())));
+    }
+    let img = file.f32("img", None)?;
+    let pred = model.forward(&img)?;
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("uncertainty".to_string(), model.config.uncertainty.name().to_string());
+    save_f32(dump, &pred.named(), Some(meta))?;
+    eprintln!("wrote {} ({} samples)", dump.display(), img.dim(0));
+    Ok(())
+}
+
+fn run_image_mode(model: &HandModel, args: &Args, out_dir: &Path) -> Result<()> {
+    let images = collect_images(&args.images)?;
+    let boxes = match &args.boxes {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            Some(parse_boxes(&text, &p.display().to_string())?)
+        }
+        None => None,
+    };
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let size = model.config.image_size;
+    // Load and crop everything first, so that a bad image fails before any work is written.
+    let mut loaded = Vec::with_capacity(images.len());
+    let mut hands: Vec<HandCrop> = Vec::new();
+    for (i, path) in images.iter().enumerate() {
+        let img = load_image(path)?;
+        for b in boxes_for(path, &img, boxes.as_ref())? {
+            hands.push(make_crop(i, &img, b, size));
+        }
+        loaded.push(img);
+    }
+    let mut results: Vec<Vec<serde_json::Value>> = vec![Vec::new(); images.len()];
+    let mut objs: Vec<Vec<String>> = vec![Vec::new(); images.len()];
+    for chunk in hands.chunks(args.batch) {
+        let refs: Vec<&HandCrop> = chunk.iter().collect();
+        let pred = model.forward(&stack(&refs, size)?)?;
+        for (k, hand) in chunk.iter().enumerate() {
+            let v = hand_json(model, &pred, k, hand, &loaded[hand.image_index]);
+            if args.obj {
+                let verts = hand_vertices(&pred, k, hand.cbox.is_right);
+                objs[hand.image_index].push(obj_text(&verts, &model.mano.faces, hand.cbox.is_right));
+            }
+            results[hand.image_index].push(v);
+        }
+    }
+    for (i, path) in images.iter().enumerate() {
+        let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| format!("image{i}"));
+        let doc = serde_json::json!({
+            "image": path.to_string_lossy(),
+            "width": loaded[i].width,
+            "height": loaded[i].height,
+            "uncertainty": model.config.uncertainty.name(),
+            "hands": results[i],
+        });
+        let text = serde_json::to_string(&doc).map_err(|e| Error::Input(format!("cannot encode results: {e}")))?;
+        write_atomic(&out_dir.join(format!("{stem}.json")), text.as_bytes())?;
+        for (k, obj) in objs[i].iter().enumerate() {
+            write_atomic(&out_dir.join(format!("{stem}_{k}.obj")), obj.as_bytes())?;
+        }
+    }
+    eprintln!("wrote results for {} images ({} hands) to {}", images.len(), hands.len(), out_dir.display());
+    Ok(())
+}
+
+fn run() -> Result<()> {
+    let Some(args) = parse_args()? else { return Ok(()) };
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .map_err(|e| Error::Input(format!("--threads: {e}")))?;
+    }
+    let tensor_mode = args.input_tensor.is_some() || args.dump.is_some();
+    let image_mode = !args.images.is_empty() || args.out.is_some() || args.boxes.is_some();
+    if tensor_mode == image_mode {
+        return Err(Error::Input(
+            "give either --input-tensor X --dump OUT (tensor mode) or --images ... --out DIR (image mode); see --help".into(),
+        ));
+    }
+    match args.device.as_str() {
+        "cpu" => {}
+        "cuda" => {
+            handcov::cuda::CudaBackend::new(0)?;
+            return Err(Error::Cuda("the CUDA inference path is not implemented yet; use --device cpu".into()));
+        }
+        other => return Err(Error::Input(format!("--device {other}: expected cpu or cuda"))),
+    }
+    let model = load_model(&args)?;
+    if tensor_mode {
+        let (Some(input), Some(dump)) = (&args.input_tensor, &args.dump) else {
+            return Err(Error::Input("tensor mode needs both --input-tensor and --dump".into()));
+        };
+        run_tensor_mode(&model, input, dump)
+    } else {
+        let Some(out) = &args.out else {
+            return Err(Error::Input("image mode needs --out DIR".into()));
+        };
+        if args.images.is_empty() {
+            return Err(Error::Input("image mode needs at least one --images FILE_OR_DIR".into()));
+        }
+        run_image_mode(&model, &args, out)
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+}
