@@ -5,7 +5,7 @@ use handcov::error::{Error, Result};
 use handcov::infer::{boxes_for, collect_images, hand_json, hand_vertices, load_image, make_crop, obj_text, parse_boxes, stack, HandCrop};
 use handcov::model::config::{ModelConfig, Uncertainty};
 use handcov::model::weights::{save_f32, write_atomic, TensorFile};
-use handcov::model::{detect_uncertainty, HandModel};
+use handcov::model::{detect_uncertainty, ExtraTensors, HandModel};
 use std::path::{Path, PathBuf};
 
 const HELP: &str = "\
@@ -25,9 +25,13 @@ OPTIONS:
   --uncertainty TYPE      none|diag|full|ours|ours_wo_linear (default: the config file's value;
                           with a preset, detected from the weights)
   --mano M.safetensors    take the MANO model from this file (see weights/README.md)
+  --allow-extra           accept tensors in the weights that the model does not use (by
+                          default each one is an error, which catches a wrong config)
   --device cpu|cuda       default cpu
   --threads N             CPU threads (default: all cores)
   --batch N               hands per forward pass in image mode (default 8)
+  --repeat N              tensor mode: time N forward passes after one warm-up and print the
+                          median and minimum per image (the dump is from the last pass)
   -h, --help              this text
 ";
 
@@ -44,7 +48,9 @@ struct Args {
     boxes: Option<PathBuf>,
     out: Option<PathBuf>,
     obj: bool,
+    allow_extra: bool,
     batch: usize,
+    repeat: usize,
 }
 
 fn arg_err(e: pico_args::Error) -> Error {
@@ -79,7 +85,9 @@ fn parse_args() -> Result<Option<Args>> {
         boxes: opt(&mut p, "--boxes")?,
         out: opt(&mut p, "--out")?,
         obj: p.contains("--obj"),
+        allow_extra: p.contains("--allow-extra"),
         batch: opt(&mut p, "--batch")?.unwrap_or(8),
+        repeat: opt(&mut p, "--repeat")?.unwrap_or(0),
     };
     let rest = p.finish();
     if let Some(first) = rest.first() {
@@ -100,16 +108,34 @@ fn load_model(args: &Args) -> Result<HandModel> {
         None if ModelConfig::preset(&args.config).is_some() => config.uncertainty = detect_uncertainty(&weights),
         None => {}
     }
-    HandModel::load(config, &weights, mano.as_ref())
+    let extra = if args.allow_extra { ExtraTensors::Ignore } else { ExtraTensors::Error };
+    HandModel::load_with(config, &weights, mano.as_ref(), extra)
 }
 
-fn run_tensor_mode(model: &HandModel, input: &Path, dump: &Path) -> Result<()> {
+fn run_tensor_mode(model: &HandModel, input: &Path, dump: &Path, repeat: usize) -> Result<()> {
     let file = TensorFile::open(input)?;
     if !file.contains("img") {
         return Err(Error::Input(format!("{}: no tensor named `img` (expected f32 [B,3,S,S])", input.display())));
     }
     let img = file.f32("img", None)?;
-    let pred = model.forward(&img)?;
+    let mut pred = model.forward(&img)?;
+    if repeat > 0 {
+        let b = img.dim(0) as f64;
+        let mut ms = Vec::with_capacity(repeat);
+        for _ in 0..repeat {
+            let t0 = std::time::Instant::now();
+            pred = model.forward(&img)?;
+            ms.push(t0.elapsed().as_secs_f64() * 1e3 / b);
+        }
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "{{\"engine\": \"handcov-cpu\", \"batch\": {}, \"threads\": {}, \"runs\": {repeat}, \"median_ms_per_image\": {:.1}, \"min_ms_per_image\": {:.1}}}",
+            img.dim(0),
+            rayon::current_num_threads(),
+            ms[ms.len() / 2],
+            ms[0]
+        );
+    }
     let mut meta = std::collections::HashMap::new();
     meta.insert("uncertainty".to_string(), model.config.uncertainty.name().to_string());
     save_f32(dump, &pred.named(), Some(meta))?;
@@ -199,7 +225,7 @@ fn run() -> Result<()> {
         let (Some(input), Some(dump)) = (&args.input_tensor, &args.dump) else {
             return Err(Error::Input("tensor mode needs both --input-tensor and --dump".into()));
         };
-        run_tensor_mode(&model, input, dump)
+        run_tensor_mode(&model, input, dump, args.repeat)
     } else {
         let Some(out) = &args.out else {
             return Err(Error::Input("image mode needs --out DIR".into()));

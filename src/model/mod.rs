@@ -112,12 +112,26 @@ pub fn detect_uncertainty(f: &TensorFile) -> Uncertainty {
     }
 }
 
+/// What to do with tensors in a weights file that the model does not use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtraTensors {
+    /// An error naming the first one (the default: a wrong config or a wrong file is caught).
+    Error,
+    /// Accepted silently (a file that bundles several heads, say).
+    Ignore,
+}
+
 impl HandModel {
     /// Builds the model from a weights file, taking the `mano.*` tensors from `mano_file` when
     /// given (then any `mano.*` in `weights` is ignored). Every tensor the model needs must be
     /// present with its exact shape, and every tensor in `weights` must be used (or be a known
     /// training-only one): anything else is an error naming the tensor.
     pub fn load(config: ModelConfig, weights: &TensorFile, mano_file: Option<&TensorFile>) -> Result<HandModel> {
+        HandModel::load_with(config, weights, mano_file, ExtraTensors::Error)
+    }
+
+    /// [`HandModel::load`] with a choice of what unused tensors mean.
+    pub fn load_with(config: ModelConfig, weights: &TensorFile, mano_file: Option<&TensorFile>, extra: ExtraTensors) -> Result<HandModel> {
         config.validate()?;
         let root = Loader::new(weights, "");
         let backbone = Vit::load(&config, &root.sub("backbone"))?;
@@ -145,8 +159,11 @@ impl HandModel {
                 other => other,
             })?,
         };
-        let extra: Vec<String> = weights.unused().into_iter().filter(|n| !ignorable(n)).collect();
-        if let Some(first) = extra.first() {
+        let unused: Vec<String> = match extra {
+            ExtraTensors::Error => weights.unused().into_iter().filter(|n| !ignorable(n)).collect(),
+            ExtraTensors::Ignore => Vec::new(),
+        };
+        if let Some(first) = unused.first() {
             let detected = detect_uncertainty(weights);
             let hint = if detected != config.uncertainty {
                 format!(
@@ -161,7 +178,7 @@ impl HandModel {
                 "{}: unexpected tensor `{first}` {} ({} unexpected in all){hint}",
                 weights.path().display(),
                 fmt_shape(weights.shape(first).unwrap_or(&[])),
-                extra.len()
+                unused.len()
             )));
         }
         if let Some(m) = mano_file {
