@@ -3,7 +3,9 @@
 
 use crate::error::{Error, Result};
 use crate::model::{HandModel, Prediction};
-use crate::ops::image::{crop_for_model, crop_to_image, eval_box_size, load_rgb, CropBox, RgbImage};
+use crate::ops::image::{
+    crop_for_model, crop_to_image, eval_box_size, load_rgb, CropBox, RgbImage,
+};
 use crate::tensor::Tensor;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -57,19 +59,29 @@ impl BoxEntry {
             (None, None, Some([x0, y0, x1, y1])) => {
                 let r = self.rescale.unwrap_or(DEFAULT_BBOX_RESCALE);
                 if !(x1 > x0 && y1 > y0) {
-                    return Err(format!("bbox {:?} must have x1 > x0 and y1 > y0", [x0, y0, x1, y1]));
+                    return Err(format!(
+                        "bbox {:?} must have x1 > x0 and y1 > y0",
+                        [x0, y0, x1, y1]
+                    ));
                 }
                 if !(r > 0.0 && r.is_finite()) {
                     return Err(format!("rescale {r} must be a positive number"));
                 }
-                ([(x0 + x1) / 2.0, (y0 + y1) / 2.0], [r * (x1 - x0), r * (y1 - y0)])
+                (
+                    [(x0 + x1) / 2.0, (y0 + y1) / 2.0],
+                    [r * (x1 - x0), r * (y1 - y0)],
+                )
             }
             _ => return Err("a hand needs either `center` and `scale`, or `bbox`".into()),
         };
         if !(side_px.iter().all(|v| v.is_finite() && *v > 0.0)) {
             return Err(format!("box side {side_px:?} px must be positive"));
         }
-        let b = CropBox { center, box_size: eval_box_size(side_px), is_right };
+        let b = CropBox {
+            center,
+            box_size: eval_box_size(side_px),
+            is_right,
+        };
         b.validate().map_err(|e| e.to_string())?;
         Ok(b)
     }
@@ -91,7 +103,10 @@ pub fn parse_boxes(text: &str, origin: &str) -> Result<BTreeMap<String, Vec<Crop
         let boxes = list
             .iter()
             .enumerate()
-            .map(|(k, h)| h.to_crop_box().map_err(|m| Error::Input(format!("{origin}: \"{name}\" hand {k}: {m}"))))
+            .map(|(k, h)| {
+                h.to_crop_box()
+                    .map_err(|m| Error::Input(format!("{origin}: \"{name}\" hand {k}: {m}")))
+            })
             .collect::<Result<Vec<_>>>()?;
         out.insert(name, boxes);
     }
@@ -108,18 +123,26 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .map_err(|e| Error::io(p, e))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|f| {
-                    f.extension().map(|e| e.to_string_lossy().to_lowercase()).is_some_and(|e| e == "jpg" || e == "jpeg" || e == "png")
+                    f.extension()
+                        .map(|e| e.to_string_lossy().to_lowercase())
+                        .is_some_and(|e| e == "jpg" || e == "jpeg" || e == "png")
                 })
                 .collect();
             found.sort();
             if found.is_empty() {
-                return Err(Error::Input(format!("{}: no .jpg/.jpeg/.png images in this directory", p.display())));
+                return Err(Error::Input(format!(
+                    "{}: no .jpg/.jpeg/.png images in this directory",
+                    p.display()
+                )));
             }
             out.extend(found);
         } else if p.exists() {
             out.push(p.clone());
         } else {
-            return Err(Error::io(p, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
+            return Err(Error::io(
+                p,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            ));
         }
     }
     Ok(out)
@@ -127,15 +150,26 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// The boxes of one image: looked up by the path as given, then by file name. Without a boxes
 /// file the whole image is one right hand.
-pub fn boxes_for(image: &Path, img: &RgbImage, boxes: Option<&BTreeMap<String, Vec<CropBox>>>) -> Result<Vec<CropBox>> {
+pub fn boxes_for(
+    image: &Path,
+    img: &RgbImage,
+    boxes: Option<&BTreeMap<String, Vec<CropBox>>>,
+) -> Result<Vec<CropBox>> {
     match boxes {
         None => {
             let (w, h) = (img.width as f64, img.height as f64);
-            Ok(vec![CropBox { center: [(w - 1.0) / 2.0, (h - 1.0) / 2.0], box_size: eval_box_size([w, h]), is_right: true }])
+            Ok(vec![CropBox {
+                center: [(w - 1.0) / 2.0, (h - 1.0) / 2.0],
+                box_size: eval_box_size([w, h]),
+                is_right: true,
+            }])
         }
         Some(map) => {
             let full = image.to_string_lossy().to_string();
-            let name = image.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let name = image
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             map.get(&full).or_else(|| map.get(&name)).cloned().ok_or_else(|| {
                 Error::Input(format!("no entry for image \"{name}\" in the boxes file (keys are file names or paths as given)"))
             })
@@ -154,7 +188,12 @@ pub struct HandCrop {
 
 pub fn make_crop(image_index: usize, img: &RgbImage, cbox: CropBox, size: usize) -> HandCrop {
     let (crop, affine) = crop_for_model(img, &cbox, size);
-    HandCrop { image_index, cbox, affine, crop }
+    HandCrop {
+        image_index,
+        cbox,
+        affine,
+        crop,
+    }
 }
 
 /// Stacks crops into the model input `[B, 3, S, S]`.
@@ -173,22 +212,37 @@ fn rows(v: &[f32], n: usize) -> Vec<Vec<f32>> {
 /// Negates x of every point for a left hand (the network saw the mirrored image).
 fn unmirror(points: &[f32], is_right: bool) -> Vec<f32> {
     let sign = if is_right { 1.0 } else { -1.0 };
-    points.chunks(3).flat_map(|p| [sign * p[0], p[1], p[2]]).collect()
+    points
+        .chunks(3)
+        .flat_map(|p| [sign * p[0], p[1], p[2]])
+        .collect()
 }
 
 /// Vertices of hand `i` of a batch in its own handedness, flat `[V·3]`.
 pub fn hand_vertices(pred: &Prediction, i: usize, is_right: bool) -> Vec<f32> {
     let nv = pred.pred_vertices.dim(1);
-    unmirror(&pred.pred_vertices.data()[i * nv * 3..(i + 1) * nv * 3], is_right)
+    unmirror(
+        &pred.pred_vertices.data()[i * nv * 3..(i + 1) * nv * 3],
+        is_right,
+    )
 }
 
 /// The result of hand `i` of a batch as JSON, in the original image's frame: left hands are
 /// un-mirrored (x of joints and vertices negated, `tx` negated; the covariance follows, Σ ↦ DΣD
 /// with D flipping every x), 2D keypoints in image pixels, the camera for the full image.
-pub fn hand_json(model: &HandModel, pred: &Prediction, i: usize, hand: &HandCrop, img: &RgbImage) -> Value {
+pub fn hand_json(
+    model: &HandModel,
+    pred: &Prediction,
+    i: usize,
+    hand: &HandCrop,
+    img: &RgbImage,
+) -> Value {
     let size = model.config.image_size as f64;
     let sign = if hand.cbox.is_right { 1.0f32 } else { -1.0 };
-    let kp3 = unmirror(&pred.pred_keypoints_3d.data()[i * 63..(i + 1) * 63], hand.cbox.is_right);
+    let kp3 = unmirror(
+        &pred.pred_keypoints_3d.data()[i * 63..(i + 1) * 63],
+        hand.cbox.is_right,
+    );
     let verts = hand_vertices(pred, i, hand.cbox.is_right);
     let cam = &pred.pred_cam.data()[i * 3..i * 3 + 3];
     let cam = [cam[0], sign * cam[1], cam[2]];
@@ -252,7 +306,11 @@ pub fn obj_text(verts: &[f32], faces: &[[u32; 3]], is_right: bool) -> String {
         s.push_str(&format!("v {:.6} {:.6} {:.6}\n", p[0], p[1], p[2]));
     }
     for f in faces {
-        let (a, b, c) = if is_right { (f[0], f[1], f[2]) } else { (f[0], f[2], f[1]) };
+        let (a, b, c) = if is_right {
+            (f[0], f[1], f[2])
+        } else {
+            (f[0], f[2], f[1])
+        };
         s.push_str(&format!("f {} {} {}\n", a + 1, b + 1, c + 1));
     }
     s

@@ -26,7 +26,11 @@ pub enum Device {
 enum HostData {
     Owned(Vec<f32>),
     /// `len` f32 values starting at byte `offset` of `map` (offset is 4-byte aligned).
-    Mapped { map: Arc<Mmap>, offset: usize, len: usize },
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -61,7 +65,11 @@ impl Tensor {
                 data.len()
             )));
         }
-        Ok(Tensor { shape: shape.to_vec(), dtype: DType::F32, storage: Storage::Host(HostData::Owned(data)) })
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            dtype: DType::F32,
+            storage: Storage::Host(HostData::Owned(data)),
+        })
     }
 
     pub fn zeros(shape: &[usize]) -> Tensor {
@@ -77,7 +85,11 @@ impl Tensor {
     pub(crate) fn mapped(shape: &[usize], map: Arc<Mmap>, offset: usize) -> Tensor {
         let len = numel_of(shape);
         debug_assert!(offset % 4 == 0 && offset + 4 * len <= map.len());
-        Tensor { shape: shape.to_vec(), dtype: DType::F32, storage: Storage::Host(HostData::Mapped { map, offset, len }) }
+        Tensor {
+            shape: shape.to_vec(),
+            dtype: DType::F32,
+            storage: Storage::Host(HostData::Mapped { map, offset, len }),
+        }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -155,7 +167,10 @@ impl Tensor {
                 fmt_shape(shape)
             )));
         }
-        Ok(Tensor { shape: shape.to_vec(), ..self })
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            ..self
+        })
     }
 
     /// Checks the shape, naming the tensor in the error.

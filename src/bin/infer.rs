@@ -2,7 +2,10 @@
 //! See `infer --help`.
 
 use handcov::error::{Error, Result};
-use handcov::infer::{boxes_for, collect_images, hand_json, hand_vertices, load_image, make_crop, obj_text, parse_boxes, stack, HandCrop};
+use handcov::infer::{
+    boxes_for, collect_images, hand_json, hand_vertices, load_image, make_crop, obj_text,
+    parse_boxes, stack, HandCrop,
+};
 use handcov::model::config::{ModelConfig, Uncertainty};
 use handcov::model::weights::{save_f32, write_atomic, TensorFile};
 use handcov::model::{detect_uncertainty, ExtraTensors, HandModel};
@@ -91,7 +94,10 @@ fn parse_args() -> Result<Option<Args>> {
     };
     let rest = p.finish();
     if let Some(first) = rest.first() {
-        return Err(Error::Input(format!("unexpected argument {:?} (see --help)", first)));
+        return Err(Error::Input(format!(
+            "unexpected argument {:?} (see --help)",
+            first
+        )));
     }
     if args.batch == 0 {
         return Err(Error::Input("--batch must be at least 1".into()));
@@ -105,17 +111,26 @@ fn load_model(args: &Args) -> Result<HandModel> {
     let mut config = ModelConfig::load(&args.config)?;
     match &args.uncertainty {
         Some(u) => config.uncertainty = Uncertainty::parse(u)?,
-        None if ModelConfig::preset(&args.config).is_some() => config.uncertainty = detect_uncertainty(&weights),
+        None if ModelConfig::preset(&args.config).is_some() => {
+            config.uncertainty = detect_uncertainty(&weights)
+        }
         None => {}
     }
-    let extra = if args.allow_extra { ExtraTensors::Ignore } else { ExtraTensors::Error };
+    let extra = if args.allow_extra {
+        ExtraTensors::Ignore
+    } else {
+        ExtraTensors::Error
+    };
     HandModel::load_with(config, &weights, mano.as_ref(), extra)
 }
 
 fn run_tensor_mode(model: &HandModel, input: &Path, dump: &Path, repeat: usize) -> Result<()> {
     let file = TensorFile::open(input)?;
     if !file.contains("img") {
-        return Err(Error::Input(format!("{}: no tensor named `img` (expected f32 [B,3,S,S])", input.display())));
+        return Err(Error::Input(format!(
+            "{}: no tensor named `img` (expected f32 [B,3,S,S])",
+            input.display()
+        )));
     }
     let img = file.f32("img", None)?;
     let mut pred = model.forward(&img)?;
@@ -137,7 +152,10 @@ fn run_tensor_mode(model: &HandModel, input: &Path, dump: &Path, repeat: usize) 
         );
     }
     let mut meta = std::collections::HashMap::new();
-    meta.insert("uncertainty".to_string(), model.config.uncertainty.name().to_string());
+    meta.insert(
+        "uncertainty".to_string(),
+        model.config.uncertainty.name().to_string(),
+    );
     save_f32(dump, &pred.named(), Some(meta))?;
     eprintln!("wrote {} ({} samples)", dump.display(), img.dim(0));
     Ok(())
@@ -173,13 +191,20 @@ fn run_image_mode(model: &HandModel, args: &Args, out_dir: &Path) -> Result<()> 
             let v = hand_json(model, &pred, k, hand, &loaded[hand.image_index]);
             if args.obj {
                 let verts = hand_vertices(&pred, k, hand.cbox.is_right);
-                objs[hand.image_index].push(obj_text(&verts, &model.mano.faces, hand.cbox.is_right));
+                objs[hand.image_index].push(obj_text(
+                    &verts,
+                    &model.mano.faces,
+                    hand.cbox.is_right,
+                ));
             }
             results[hand.image_index].push(v);
         }
     }
     for (i, path) in images.iter().enumerate() {
-        let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| format!("image{i}"));
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| format!("image{i}"));
         let doc = serde_json::json!({
             "image": path.to_string_lossy(),
             "width": loaded[i].width,
@@ -187,18 +212,26 @@ fn run_image_mode(model: &HandModel, args: &Args, out_dir: &Path) -> Result<()> 
             "uncertainty": model.config.uncertainty.name(),
             "hands": results[i],
         });
-        let text = serde_json::to_string(&doc).map_err(|e| Error::Input(format!("cannot encode results: {e}")))?;
+        let text = serde_json::to_string(&doc)
+            .map_err(|e| Error::Input(format!("cannot encode results: {e}")))?;
         write_atomic(&out_dir.join(format!("{stem}.json")), text.as_bytes())?;
         for (k, obj) in objs[i].iter().enumerate() {
             write_atomic(&out_dir.join(format!("{stem}_{k}.obj")), obj.as_bytes())?;
         }
     }
-    eprintln!("wrote results for {} images ({} hands) to {}", images.len(), hands.len(), out_dir.display());
+    eprintln!(
+        "wrote results for {} images ({} hands) to {}",
+        images.len(),
+        hands.len(),
+        out_dir.display()
+    );
     Ok(())
 }
 
 fn run() -> Result<()> {
-    let Some(args) = parse_args()? else { return Ok(()) };
+    let Some(args) = parse_args()? else {
+        return Ok(());
+    };
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
@@ -216,14 +249,22 @@ fn run() -> Result<()> {
         "cpu" => {}
         "cuda" => {
             handcov::cuda::CudaBackend::new(0)?;
-            return Err(Error::Cuda("the CUDA inference path is not implemented yet; use --device cpu".into()));
+            return Err(Error::Cuda(
+                "the CUDA inference path is not implemented yet; use --device cpu".into(),
+            ));
         }
-        other => return Err(Error::Input(format!("--device {other}: expected cpu or cuda"))),
+        other => {
+            return Err(Error::Input(format!(
+                "--device {other}: expected cpu or cuda"
+            )))
+        }
     }
     let model = load_model(&args)?;
     if tensor_mode {
         let (Some(input), Some(dump)) = (&args.input_tensor, &args.dump) else {
-            return Err(Error::Input("tensor mode needs both --input-tensor and --dump".into()));
+            return Err(Error::Input(
+                "tensor mode needs both --input-tensor and --dump".into(),
+            ));
         };
         run_tensor_mode(&model, input, dump, args.repeat)
     } else {
@@ -231,7 +272,9 @@ fn run() -> Result<()> {
             return Err(Error::Input("image mode needs --out DIR".into()));
         };
         if args.images.is_empty() {
-            return Err(Error::Input("image mode needs at least one --images FILE_OR_DIR".into()));
+            return Err(Error::Input(
+                "image mode needs at least one --images FILE_OR_DIR".into(),
+            ));
         }
         run_image_mode(&model, &args, out)
     }

@@ -41,7 +41,11 @@ fn launch_config(rows: usize, cols: usize, num_sms: usize) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (rows.clamp(1, max_grid) as u32, 1, 1),
             block_dim: (LN_BLOCK_THREADS, 1, 1),
-            shared_mem_bytes: if row_bytes <= LN_MAX_DYNAMIC_SMEM { row_bytes as u32 } else { 0 },
+            shared_mem_bytes: if row_bytes <= LN_MAX_DYNAMIC_SMEM {
+                row_bytes as u32
+            } else {
+                0
+            },
         }
     }
 }
@@ -64,7 +68,11 @@ impl CudaBackend {
         let n = rows
             .checked_mul(cols)
             .filter(|_| rows <= i32::MAX as usize && cols <= i32::MAX as usize)
-            .ok_or_else(|| Error::Input(format!("layernorm: {rows} × {cols} is too large for the kernel")))?;
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "layernorm: {rows} × {cols} is too large for the kernel"
+                ))
+            })?;
         for (what, len, want) in [
             ("x", x.len(), n),
             ("out", out.len(), n),
@@ -80,11 +88,16 @@ impl CudaBackend {
         if !(eps.is_finite() && eps >= 0.0) {
             return crate::input_err!("layernorm: eps must be finite and >= 0, got {eps}");
         }
-        for (what, ctx) in
-            [("x", x.context()), ("gamma", gamma.context()), ("beta", beta.context()), ("out", out.context())]
-        {
+        for (what, ctx) in [
+            ("x", x.context()),
+            ("gamma", gamma.context()),
+            ("beta", beta.context()),
+            ("out", out.context()),
+        ] {
             if **ctx != *self.ctx {
-                return crate::input_err!("layernorm: {what} lives on another CUDA device than this backend");
+                return crate::input_err!(
+                    "layernorm: {what} lives on another CUDA device than this backend"
+                );
             }
         }
         if n == 0 {
@@ -95,13 +108,21 @@ impl CudaBackend {
         let cfg = launch_config(rows, cols, self.num_sms);
         let (rows_i, cols_i) = (rows as i32, cols as i32);
         let mut launch = self.stream.launch_builder(&func);
-        launch.arg(x).arg(gamma).arg(beta).arg(out).arg(&rows_i).arg(&cols_i).arg(&eps);
+        launch
+            .arg(x)
+            .arg(gamma)
+            .arg(beta)
+            .arg(out)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&eps);
         // SAFETY: the arguments match the kernel's signature (const float*, const float*,
         // const float*, float*, int, int, float) in order; the lengths were checked above, and the
         // kernel touches only x[0..rows·cols], gamma/beta[0..cols] and out[0..rows·cols]. `out`
         // is borrowed mutably, so it cannot alias the inputs (the kernel uses __restrict__).
-        unsafe { launch.launch(cfg) }
-            .map_err(cuda_err(format_args!("launching layernorm_fwd_f32 ({rows} × {cols})")))?;
+        unsafe { launch.launch(cfg) }.map_err(cuda_err(format_args!(
+            "launching layernorm_fwd_f32 ({rows} × {cols})"
+        )))?;
         Ok(())
     }
 }
@@ -116,11 +137,19 @@ mod tests {
     fn launch_configs_meet_the_kernel_requirements() {
         for num_sms in [1, 16, 132] {
             for rows in [1, 7, 192, 384, 6144, 100_000] {
-                for cols in [1, 3, 33, 1024, 1280, 1281, 1283, 5000, 12_224, 12_225, 100_000] {
+                for cols in [
+                    1, 3, 33, 1024, 1280, 1281, 1283, 5000, 12_224, 12_225, 100_000,
+                ] {
                     let c = launch_config(rows, cols, num_sms);
                     let threads = c.block_dim.0;
-                    assert!(threads % 32 == 0 && (32..=256).contains(&threads), "{rows}×{cols}: {c:?}");
-                    assert_eq!((c.block_dim.1, c.block_dim.2, c.grid_dim.1, c.grid_dim.2), (1, 1, 1, 1));
+                    assert!(
+                        threads % 32 == 0 && (32..=256).contains(&threads),
+                        "{rows}×{cols}: {c:?}"
+                    );
+                    assert_eq!(
+                        (c.block_dim.1, c.block_dim.2, c.grid_dim.1, c.grid_dim.2),
+                        (1, 1, 1, 1)
+                    );
                     assert!(c.grid_dim.0 >= 1);
                     assert!(c.shared_mem_bytes as usize <= LN_MAX_DYNAMIC_SMEM);
                     if cols <= LN_WARP_MAX_COLS {
@@ -130,7 +159,10 @@ mod tests {
                     } else {
                         assert_eq!(c.grid_dim.0 as usize, rows);
                         let staged = cols * 4 <= LN_MAX_DYNAMIC_SMEM;
-                        assert_eq!(c.shared_mem_bytes as usize, if staged { cols * 4 } else { 0 });
+                        assert_eq!(
+                            c.shared_mem_bytes as usize,
+                            if staged { cols * 4 } else { 0 }
+                        );
                     }
                 }
             }

@@ -110,13 +110,18 @@ impl CudaBackend {
                 count - 1
             )));
         }
-        let ctx = CudaContext::new(ordinal)
-            .map_err(cuda_err(format_args!("creating a context on CUDA device {ordinal}")))?;
+        let ctx = CudaContext::new(ordinal).map_err(cuda_err(format_args!(
+            "creating a context on CUDA device {ordinal}"
+        )))?;
         let num_sms = ctx
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
             .map_err(cuda_err("querying the multiprocessor count"))?
             .max(1) as usize;
-        let stream = ctx.new_stream().map_err(cuda_err("creating a CUDA stream"))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(cuda_err("creating a CUDA stream"))?;
         // SAFETY: every buffer is allocated, used and freed on `stream` only (see the struct
         // docs), so stream order already orders all accesses; no buffer exists yet.
         unsafe { ctx.disable_event_tracking() };
@@ -131,12 +136,16 @@ impl CudaBackend {
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
     pub fn device_name(&self) -> Result<String> {
-        self.ctx.name().map_err(cuda_err("querying the device name"))
+        self.ctx
+            .name()
+            .map_err(cuda_err("querying the device name"))
     }
 
     /// The device's compute capability (major, minor).
     pub fn compute_capability(&self) -> Result<(i32, i32)> {
-        self.ctx.compute_capability().map_err(cuda_err("querying the compute capability"))
+        self.ctx
+            .compute_capability()
+            .map_err(cuda_err("querying the compute capability"))
     }
 
     /// Number of streaming multiprocessors.
@@ -151,26 +160,32 @@ impl CudaBackend {
 
     /// Waits until all queued work has finished; reports any asynchronous error.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(cuda_err("synchronizing the CUDA stream"))
+        self.stream
+            .synchronize()
+            .map_err(cuda_err("synchronizing the CUDA stream"))
     }
 
     /// Copies a host slice to a new device buffer.
     pub fn htod(&self, host: &[f32]) -> Result<CudaSlice<f32>> {
-        self.stream
-            .clone_htod(host)
-            .map_err(cuda_err(format_args!("copying {} floats to the device", host.len())))
+        self.stream.clone_htod(host).map_err(cuda_err(format_args!(
+            "copying {} floats to the device",
+            host.len()
+        )))
     }
 
     /// Copies a device buffer back to the host (waits for the copy).
     pub fn dtoh(&self, dev: &CudaSlice<f32>) -> Result<Vec<f32>> {
-        self.stream
-            .clone_dtoh(dev)
-            .map_err(cuda_err(format_args!("copying {} floats from the device", dev.len())))
+        self.stream.clone_dtoh(dev).map_err(cuda_err(format_args!(
+            "copying {} floats from the device",
+            dev.len()
+        )))
     }
 
     /// A new device buffer of `len` zeros.
     pub fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
-        self.stream.alloc_zeros(len).map_err(cuda_err(format_args!("allocating {len} floats on the device")))
+        self.stream.alloc_zeros(len).map_err(cuda_err(format_args!(
+            "allocating {len} floats on the device"
+        )))
     }
 
     /// The PTX module `name` (a `kernels/<name>.cu`), loaded into the context on first use.
@@ -184,24 +199,41 @@ impl CudaBackend {
             .find(|(n, _)| *n == name)
             .map(|(_, ptx)| *ptx)
             .ok_or_else(|| Error::Cuda(format!("no kernel module {name:?} in this build")))?;
-        let module = self.ctx.load_module(Ptx::from_src(ptx)).map_err(cuda_err(format_args!(
-            "loading kernel module {name:?} (a driver older than the nvcc that built it \
+        let module = self
+            .ctx
+            .load_module(Ptx::from_src(ptx))
+            .map_err(cuda_err(format_args!(
+                "loading kernel module {name:?} (a driver older than the nvcc that built it \
              rejects the PTX; rebuild with an older HANDCOV_CUDA_ARCH or update the driver)"
-        )))?;
+            )))?;
         modules.insert(name, module.clone());
         Ok(module)
     }
 
     /// Kernel `kernel` from module `module`, looked up once and cached.
-    pub(crate) fn function(&self, module: &'static str, kernel: &'static str) -> Result<CudaFunction> {
-        if let Some(f) = self.functions.lock().unwrap_or_else(|p| p.into_inner()).get(kernel) {
+    pub(crate) fn function(
+        &self,
+        module: &'static str,
+        kernel: &'static str,
+    ) -> Result<CudaFunction> {
+        if let Some(f) = self
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(kernel)
+        {
             return Ok(f.clone());
         }
         let f = self
             .module(module)?
             .load_function(kernel)
-            .map_err(cuda_err(format_args!("looking up kernel {kernel} in module {module}")))?;
-        self.functions.lock().unwrap_or_else(|p| p.into_inner()).insert(kernel, f.clone());
+            .map_err(cuda_err(format_args!(
+                "looking up kernel {kernel} in module {module}"
+            )))?;
+        self.functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(kernel, f.clone());
         Ok(f)
     }
 }

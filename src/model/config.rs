@@ -18,8 +18,13 @@ pub enum Uncertainty {
 }
 
 impl Uncertainty {
-    pub const ALL: [Uncertainty; 5] =
-        [Uncertainty::None, Uncertainty::Diag, Uncertainty::Full, Uncertainty::Ours, Uncertainty::OursWoLinear];
+    pub const ALL: [Uncertainty; 5] = [
+        Uncertainty::None,
+        Uncertainty::Diag,
+        Uncertainty::Full,
+        Uncertainty::Ours,
+        Uncertainty::OursWoLinear,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -223,11 +228,16 @@ impl ModelConfig {
             }
         }
         if v.embed_dim % v.num_heads != 0 {
-            return bad(format!("vit.embed_dim {} is not divisible by vit.num_heads {}", v.embed_dim, v.num_heads));
+            return bad(format!(
+                "vit.embed_dim {} is not divisible by vit.num_heads {}",
+                v.embed_dim, v.num_heads
+            ));
         }
         let hidden = v.embed_dim as f64 * v.mlp_ratio;
         if !(hidden >= 1.0 && hidden.fract() == 0.0) {
-            return bad(format!("vit.embed_dim × vit.mlp_ratio = {hidden} is not a positive integer"));
+            return bad(format!(
+                "vit.embed_dim × vit.mlp_ratio = {hidden} is not a positive integer"
+            ));
         }
         if v.img_size[0] != self.image_size {
             return bad(format!(
@@ -261,7 +271,10 @@ impl ModelConfig {
             }
         }
         if !(self.focal_length > 0.0 && self.focal_length.is_finite()) {
-            return bad(format!("focal_length must be a positive number, got {}", self.focal_length));
+            return bad(format!(
+                "focal_length must be a positive number, got {}",
+                self.focal_length
+            ));
         }
         Ok(())
     }
@@ -285,17 +298,27 @@ mod tests {
 
     #[test]
     fn unknown_field_is_an_error() {
-        let mut v: serde_json::Value = serde_json::from_str(&ModelConfig::tiny().to_json()).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&ModelConfig::tiny().to_json()).unwrap();
         v["vit"]["depht"] = serde_json::json!(3);
-        let err = ModelConfig::from_json(&v.to_string(), "x.json").unwrap_err().to_string();
-        assert!(err.contains("unknown field") && err.contains("depht"), "{err}");
+        let err = ModelConfig::from_json(&v.to_string(), "x.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field") && err.contains("depht"),
+            "{err}"
+        );
     }
 
     #[test]
     fn inconsistent_sizes_are_errors() {
         let mut cfg = ModelConfig::tiny();
         cfg.vit.num_heads = 3;
-        assert!(cfg.validate().unwrap_err().to_string().contains("divisible"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("divisible"));
         let mut cfg = ModelConfig::tiny();
         cfg.decoder.context_dim = 64;
         assert!(cfg.validate().is_err());

@@ -110,14 +110,25 @@ impl TransformerDecoder {
         for layer in &self.layers {
             // Self-attention over one token: softmax ≡ 1, so the output is to_out(W_v·LN(x)).
             let sa = &layer.self_attn;
-            let v = sa.to_qkv.forward_rows(&sa.norm.forward(&x)?, 2 * inner..3 * inner)?;
+            let v = sa
+                .to_qkv
+                .forward_rows(&sa.norm.forward(&x)?, 2 * inner..3 * inner)?;
             add_assign(&mut x, &sa.to_out.forward(&v, Epilogue::None)?);
             // Cross-attention: keys and values from the raw context.
             let ca = &layer.cross_attn;
             let q = ca.to_q.forward(&ca.norm.forward(&x)?, Epilogue::None)?;
             let kv = ca.to_kv.forward(ctx, Epilogue::None)?;
             let mut o = Tensor::zeros(&[b, inner]);
-            cross_attention_1q_cpu(q.data(), kv.data(), b, t, self.heads, self.dim_head, scale, o.data_mut());
+            cross_attention_1q_cpu(
+                q.data(),
+                kv.data(),
+                b,
+                t,
+                self.heads,
+                self.dim_head,
+                scale,
+                o.data_mut(),
+            );
             add_assign(&mut x, &ca.to_out.forward(&o, Epilogue::None)?);
             let ff = &layer.ff;
             let h = ff.net0.forward(&ff.norm.forward(&x)?, Epilogue::Gelu)?;

@@ -87,9 +87,18 @@ impl UncertaintyHead {
     pub fn load(cfg: &ModelConfig, ld: &Loader) -> Result<UncertaintyHead> {
         let dim = cfg.decoder.dim;
         let (readout, param) = match cfg.uncertainty {
-            Uncertainty::Diag => (Readout::LogVar(ld.linear("dec3dkeypoint.0", dim, DIM, true)?), CovParam::Diag),
-            Uncertainty::OursWoLinear => (Readout::LogVar(ld.linear("dec3dkeypoint", dim, DIM, true)?), CovParam::Diag),
-            Uncertainty::Ours => (Readout::LogVar(ld.linear("dec3dkeypoint", dim, DIM, true)?), CovParam::LowRank),
+            Uncertainty::Diag => (
+                Readout::LogVar(ld.linear("dec3dkeypoint.0", dim, DIM, true)?),
+                CovParam::Diag,
+            ),
+            Uncertainty::OursWoLinear => (
+                Readout::LogVar(ld.linear("dec3dkeypoint", dim, DIM, true)?),
+                CovParam::Diag,
+            ),
+            Uncertainty::Ours => (
+                Readout::LogVar(ld.linear("dec3dkeypoint", dim, DIM, true)?),
+                CovParam::LowRank,
+            ),
             Uncertainty::Full => (
                 Readout::Full {
                     diag: ld.linear("dec3dkeypoint_diag", dim, DIM, true)?,
@@ -97,13 +106,19 @@ impl UncertaintyHead {
                 },
                 CovParam::Full,
             ),
-            Uncertainty::None => unreachable!("UncertaintyHead::load is only called for uncertainty models"),
+            Uncertainty::None => {
+                unreachable!("UncertaintyHead::load is only called for uncertainty models")
+            }
         };
         // The head carries unused copies of the mean-parameter buffers; accept them if present.
         for leaf in ["init_hand_pose", "init_betas", "init_cam"] {
             ld.file.skip(&ld.name(leaf));
         }
-        Ok(UncertaintyHead { transformer: TransformerDecoder::load(&cfg.decoder, &ld.sub("transformer"))?, readout, param })
+        Ok(UncertaintyHead {
+            transformer: TransformerDecoder::load(&cfg.decoder, &ld.sub("transformer"))?,
+            readout,
+            param,
+        })
     }
 
     /// `ctx` → the raw readout `[B, param.raw_len()]` (for `full`: d then the off-diagonals).

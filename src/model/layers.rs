@@ -15,12 +15,18 @@ pub struct Loader<'a> {
 
 impl<'a> Loader<'a> {
     pub fn new(file: &'a TensorFile, prefix: &str) -> Loader<'a> {
-        Loader { file, prefix: prefix.to_string() }
+        Loader {
+            file,
+            prefix: prefix.to_string(),
+        }
     }
 
     /// A loader for a sub-module: `sub("blocks.3")` reads `<prefix>blocks.3.*`.
     pub fn sub(&self, name: &str) -> Loader<'a> {
-        Loader { file: self.file, prefix: format!("{}{name}.", self.prefix) }
+        Loader {
+            file: self.file,
+            prefix: format!("{}{name}.", self.prefix),
+        }
     }
 
     pub fn name(&self, leaf: &str) -> String {
@@ -35,13 +41,21 @@ impl<'a> Loader<'a> {
         let l = self.sub(name);
         Ok(Linear {
             weight: l.tensor("weight", &[d_out, d_in])?,
-            bias: if bias { Some(l.tensor("bias", &[d_out])?) } else { None },
+            bias: if bias {
+                Some(l.tensor("bias", &[d_out])?)
+            } else {
+                None
+            },
         })
     }
 
     pub fn layernorm(&self, name: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
         let l = self.sub(name);
-        Ok(LayerNorm { weight: l.tensor("weight", &[dim])?, bias: l.tensor("bias", &[dim])?, eps: eps as f32 })
+        Ok(LayerNorm {
+            weight: l.tensor("weight", &[dim])?,
+            bias: l.tensor("bias", &[dim])?,
+            eps: eps as f32,
+        })
     }
 }
 
@@ -92,7 +106,14 @@ pub struct LayerNorm {
 impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut out = Tensor::zeros(x.shape());
-        layernorm_fwd_cpu(x.data(), self.weight.data(), self.bias.data(), self.eps, x.dim(-1), out.data_mut());
+        layernorm_fwd_cpu(
+            x.data(),
+            self.weight.data(),
+            self.bias.data(),
+            self.eps,
+            x.dim(-1),
+            out.data_mut(),
+        );
         Ok(out)
     }
 }

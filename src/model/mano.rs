@@ -3,7 +3,9 @@
 
 use super::weights::TensorFile;
 use crate::error::{Error, Result};
-use crate::ops::mano::{mano_fwd_cpu, ManoData, JOINT_MAP, NUM_JOINTS, NUM_KEYPOINTS, POSE_FEATURES, TIP_VERTICES};
+use crate::ops::mano::{
+    mano_fwd_cpu, ManoData, JOINT_MAP, NUM_JOINTS, NUM_KEYPOINTS, POSE_FEATURES, TIP_VERTICES,
+};
 use crate::tensor::Tensor;
 
 pub const NUM_BETAS: usize = 10;
@@ -21,7 +23,12 @@ pub struct Mano {
 }
 
 /// MANO buffers that checkpoints carry but the forward pass does not use.
-pub const UNUSED_BUFFERS: [&str; 4] = ["mano.hand_components", "mano.hand_mean", "mano.pose_mean", "mano.vertex_joint_selector.extra_joints_idxs"];
+pub const UNUSED_BUFFERS: [&str; 4] = [
+    "mano.hand_components",
+    "mano.hand_mean",
+    "mano.pose_mean",
+    "mano.vertex_joint_selector.extra_joints_idxs",
+];
 
 impl Mano {
     pub fn load(f: &TensorFile) -> Result<Mano> {
@@ -29,7 +36,10 @@ impl Mano {
         let err = |m: String| Error::Weights(format!("{shown}: {m}"));
         let v_template = f.f32("mano.v_template", None)?;
         if v_template.shape().len() != 2 || v_template.dim(1) != 3 || v_template.dim(0) == 0 {
-            return Err(err(format!("tensor `mano.v_template` has shape {:?}, expected [V, 3]", v_template.shape())));
+            return Err(err(format!(
+                "tensor `mano.v_template` has shape {:?}, expected [V, 3]",
+                v_template.shape()
+            )));
         }
         let nv = v_template.dim(0);
         let shapedirs = f.f32("mano.shapedirs", Some(&[nv, 3, NUM_BETAS]))?;
@@ -49,7 +59,9 @@ impl Mano {
             let mut tips = [0usize; 5];
             for (k, &v) in t.iter().enumerate() {
                 if v < 0 || v as usize >= nv {
-                    return Err(err(format!("`mano.extra_joints_idxs` holds vertex {v}, outside 0..{nv}")));
+                    return Err(err(format!(
+                        "`mano.extra_joints_idxs` holds vertex {v}, outside 0..{nv}"
+                    )));
                 }
                 tips[k] = v as usize;
             }
@@ -62,19 +74,25 @@ impl Mano {
         if f.contains("mano.joint_map") {
             let map = f.i64("mano.joint_map", Some(&[NUM_KEYPOINTS]))?;
             if map.iter().zip(JOINT_MAP).any(|(&a, b)| a != b as i64) {
-                return Err(err(format!("`mano.joint_map` is {map:?}, expected the OpenPose order {JOINT_MAP:?}")));
+                return Err(err(format!(
+                    "`mano.joint_map` is {map:?}, expected the OpenPose order {JOINT_MAP:?}"
+                )));
             }
         }
         let mut faces = Vec::new();
         if f.contains("mano.faces_tensor") {
             let shape = f.shape("mano.faces_tensor").unwrap_or(&[]).to_vec();
             if shape.len() != 2 || shape[1] != 3 {
-                return Err(err(format!("tensor `mano.faces_tensor` has shape {shape:?}, expected [F, 3]")));
+                return Err(err(format!(
+                    "tensor `mano.faces_tensor` has shape {shape:?}, expected [F, 3]"
+                )));
             }
             let raw = f.i64("mano.faces_tensor", None)?;
             for tri in raw.chunks_exact(3) {
                 if tri.iter().any(|&v| v < 0 || v as usize >= nv) {
-                    return Err(err(format!("`mano.faces_tensor` holds a face {tri:?} with a vertex outside 0..{nv}")));
+                    return Err(err(format!(
+                        "`mano.faces_tensor` holds a face {tri:?} with a vertex outside 0..{nv}"
+                    )));
                 }
                 faces.push([tri[0] as u32, tri[1] as u32, tri[2] as u32]);
             }
@@ -82,7 +100,16 @@ impl Mano {
         for name in UNUSED_BUFFERS {
             f.skip(name);
         }
-        Ok(Mano { v_template, shapedirs, posedirs, j_regressor, lbs_weights, parents, tips, faces })
+        Ok(Mano {
+            v_template,
+            shapedirs,
+            posedirs,
+            j_regressor,
+            lbs_weights,
+            parents,
+            tips,
+            faces,
+        })
     }
 
     pub fn num_verts(&self) -> usize {
@@ -110,7 +137,14 @@ impl Mano {
         betas.expect_shape("MANO betas", &[b, NUM_BETAS])?;
         let mut verts = Tensor::zeros(&[b, self.num_verts(), 3]);
         let mut kp = Tensor::zeros(&[b, NUM_KEYPOINTS, 3]);
-        mano_fwd_cpu(&self.data(), rotmats.data(), betas.data(), b, verts.data_mut(), kp.data_mut());
+        mano_fwd_cpu(
+            &self.data(),
+            rotmats.data(),
+            betas.data(),
+            b,
+            verts.data_mut(),
+            kp.data_mut(),
+        );
         Ok((verts, kp))
     }
 }

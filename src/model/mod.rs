@@ -126,19 +126,31 @@ impl HandModel {
     /// given (then any `mano.*` in `weights` is ignored). Every tensor the model needs must be
     /// present with its exact shape, and every tensor in `weights` must be used (or be a known
     /// training-only one): anything else is an error naming the tensor.
-    pub fn load(config: ModelConfig, weights: &TensorFile, mano_file: Option<&TensorFile>) -> Result<HandModel> {
+    pub fn load(
+        config: ModelConfig,
+        weights: &TensorFile,
+        mano_file: Option<&TensorFile>,
+    ) -> Result<HandModel> {
         HandModel::load_with(config, weights, mano_file, ExtraTensors::Error)
     }
 
     /// [`HandModel::load`] with a choice of what unused tensors mean.
-    pub fn load_with(config: ModelConfig, weights: &TensorFile, mano_file: Option<&TensorFile>, extra: ExtraTensors) -> Result<HandModel> {
+    pub fn load_with(
+        config: ModelConfig,
+        weights: &TensorFile,
+        mano_file: Option<&TensorFile>,
+        extra: ExtraTensors,
+    ) -> Result<HandModel> {
         config.validate()?;
         let root = Loader::new(weights, "");
         let backbone = Vit::load(&config, &root.sub("backbone"))?;
         let mano_head = ManoHead::load(&config, &root.sub("mano_head"))?;
         let uncertainty_head = match config.uncertainty {
             Uncertainty::None => None,
-            _ => Some(UncertaintyHead::load(&config, &root.sub("uncertainty_head"))?),
+            _ => Some(UncertaintyHead::load(
+                &config,
+                &root.sub("uncertainty_head"),
+            )?),
         };
         let out_layer_keypoints_3d = match config.uncertainty {
             Uncertainty::Ours => Some(root.tensor("out_layer_keypoints_3d.weight", &[DIM, DIM])?),
@@ -160,7 +172,11 @@ impl HandModel {
             })?,
         };
         let unused: Vec<String> = match extra {
-            ExtraTensors::Error => weights.unused().into_iter().filter(|n| !ignorable(n)).collect(),
+            ExtraTensors::Error => weights
+                .unused()
+                .into_iter()
+                .filter(|n| !ignorable(n))
+                .collect(),
             ExtraTensors::Ignore => Vec::new(),
         };
         if let Some(first) = unused.first() {
@@ -184,10 +200,20 @@ impl HandModel {
         if let Some(m) = mano_file {
             let extra: Vec<String> = m.unused().into_iter().filter(|n| !ignorable(n)).collect();
             if let Some(first) = extra.first() {
-                return Err(Error::Weights(format!("{}: unexpected tensor `{first}` in a MANO file", m.path().display())));
+                return Err(Error::Weights(format!(
+                    "{}: unexpected tensor `{first}` in a MANO file",
+                    m.path().display()
+                )));
             }
         }
-        Ok(HandModel { config, backbone, mano_head, uncertainty_head, out_layer_keypoints_3d, mano })
+        Ok(HandModel {
+            config,
+            backbone,
+            mano_head,
+            uncertainty_head,
+            out_layer_keypoints_3d,
+            mano,
+        })
     }
 
     /// Checks a model input: `[B, 3, S, S]` with every value finite.
@@ -223,7 +249,10 @@ impl HandModel {
         let mut rot = Tensor::zeros(&[b, 16, 3, 3]);
         rot6d_to_rotmat_cpu(mp.pose6d.data(), rot.data_mut());
         let (pred_vertices, pred_keypoints_3d) = self.mano.forward(&rot, &mp.betas)?;
-        let (f, s) = (self.config.focal_length as f32, self.config.image_size as f32);
+        let (f, s) = (
+            self.config.focal_length as f32,
+            self.config.image_size as f32,
+        );
         let pred_cam_t = camera::cam_t(&mp.cam, f, s)?;
         let pred_keypoints_2d = camera::project(&pred_keypoints_3d, &pred_cam_t, f, s)?;
         let uncertainty = match &self.uncertainty_head {
@@ -233,8 +262,18 @@ impl HandModel {
                 let mut keypoint_3d_cov = Tensor::zeros(&[b, DIM, DIM]);
                 let mut joint_uncertainty = Tensor::zeros(&[b, DIM / 3]);
                 let w = self.out_layer_keypoints_3d.as_ref().map(|w| w.data());
-                covariance_cpu(head.param, raw.data(), w, keypoint_3d_cov.data_mut(), joint_uncertainty.data_mut());
-                Some(UncertaintyOutput { raw, keypoint_3d_cov, joint_uncertainty })
+                covariance_cpu(
+                    head.param,
+                    raw.data(),
+                    w,
+                    keypoint_3d_cov.data_mut(),
+                    joint_uncertainty.data_mut(),
+                );
+                Some(UncertaintyOutput {
+                    raw,
+                    keypoint_3d_cov,
+                    joint_uncertainty,
+                })
             }
         };
         let rot = rot.into_vec();

@@ -60,8 +60,14 @@ impl Vit {
             cols,
         };
         let pe = ld.sub("patch_embed.proj");
-        let proj_weight = pe.tensor("weight", &[c, 3, p, p])?.reshape(&[c, 3 * p * p])?;
-        let patch_embed = PatchEmbed { proj_weight, proj_bias: pe.tensor("bias", &[c])?, geometry };
+        let proj_weight = pe
+            .tensor("weight", &[c, 3, p, p])?
+            .reshape(&[c, 3 * p * p])?;
+        let patch_embed = PatchEmbed {
+            proj_weight,
+            proj_bias: pe.tensor("bias", &[c])?,
+            geometry,
+        };
         let pos_embed = ld.tensor("pos_embed", &[1, 1 + rows * cols, c])?;
         let hidden = cfg.vit_mlp_hidden();
         let blocks = (0..v.depth)
@@ -75,11 +81,20 @@ impl Vit {
                         num_heads: v.num_heads,
                     },
                     norm2: b.layernorm("norm2", c, v.ln_eps)?,
-                    mlp: Mlp { fc1: b.linear("mlp.fc1", c, hidden, true)?, fc2: b.linear("mlp.fc2", hidden, c, true)? },
+                    mlp: Mlp {
+                        fc1: b.linear("mlp.fc1", c, hidden, true)?,
+                        fc2: b.linear("mlp.fc2", hidden, c, true)?,
+                    },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Vit { patch_embed, pos_embed, blocks, last_norm: ld.layernorm("last_norm", c, v.ln_eps)?, embed_dim: c })
+        Ok(Vit {
+            patch_embed,
+            pos_embed,
+            blocks,
+            last_norm: ld.layernorm("last_norm", c, v.ln_eps)?,
+            embed_dim: c,
+        })
     }
 
     /// `img [B, 3, S, S]` (normalised crop) → tokens `[B, T, C]` after `last_norm`.
@@ -88,7 +103,15 @@ impl Vit {
         let g = &self.patch_embed.geometry;
         let (t, c) = (g.rows * g.cols, self.embed_dim);
         let mut x = Tensor::zeros(&[b, t, c]);
-        patch_embed_cpu(img.data(), b, g, self.patch_embed.proj_weight.data(), self.patch_embed.proj_bias.data(), c, x.data_mut());
+        patch_embed_cpu(
+            img.data(),
+            b,
+            g,
+            self.patch_embed.proj_weight.data(),
+            self.patch_embed.proj_bias.data(),
+            c,
+            x.data_mut(),
+        );
         let pos = self.pos_embed.data();
         let (slot0, slots) = pos.split_at(c);
         for tok in x.data_mut().chunks_mut(t * c) {
@@ -112,7 +135,15 @@ impl Block {
         let heads = self.attn.num_heads;
         let d = c / heads;
         let mut att = Tensor::zeros(&[b, s, c]);
-        self_attention_packed_cpu(qkv.data(), b, s, heads, d, (d as f32).powf(-0.5), att.data_mut());
+        self_attention_packed_cpu(
+            qkv.data(),
+            b,
+            s,
+            heads,
+            d,
+            (d as f32).powf(-0.5),
+            att.data_mut(),
+        );
         add_assign(x, &self.attn.proj.forward(&att, Epilogue::None)?);
         let h = self.norm2.forward(x)?;
         let hidden = self.mlp.fc1.forward(&h, Epilogue::Gelu)?;

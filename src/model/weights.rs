@@ -36,7 +36,9 @@ impl TensorFile {
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let shown = path.display();
         if len < 8 {
-            return Err(Error::Weights(format!("{shown}: {len} bytes is too short to be a safetensors file")));
+            return Err(Error::Weights(format!(
+                "{shown}: {len} bytes is too short to be a safetensors file"
+            )));
         }
         // SAFETY: the map is read-only; like every mmap-based loader we rely on the file not
         // being truncated or rewritten while it is open.
@@ -49,11 +51,21 @@ impl TensorFile {
             let data = view.data();
             entries.insert(
                 name.to_string(),
-                Entry { dtype: view.dtype(), shape: view.shape().to_vec(), start: data.as_ptr() as usize - base, len: data.len() },
+                Entry {
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    start: data.as_ptr() as usize - base,
+                    len: data.len(),
+                },
             );
         }
         drop(st);
-        Ok(TensorFile { path: path.to_path_buf(), map: Arc::new(map), entries, used: RefCell::new(BTreeSet::new()) })
+        Ok(TensorFile {
+            path: path.to_path_buf(),
+            map: Arc::new(map),
+            entries,
+            used: RefCell::new(BTreeSet::new()),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -75,7 +87,10 @@ impl TensorFile {
     fn entry(&self, name: &str, shape: Option<&[usize]>) -> Result<&Entry> {
         let shown = self.path.display();
         let e = self.entries.get(name).ok_or_else(|| match shape {
-            Some(s) => Error::Weights(format!("{shown}: missing tensor `{name}` (expected shape {})", fmt_shape(s))),
+            Some(s) => Error::Weights(format!(
+                "{shown}: missing tensor `{name}` (expected shape {})",
+                fmt_shape(s)
+            )),
             None => Error::Weights(format!("{shown}: missing tensor `{name}`")),
         })?;
         if let Some(s) = shape {
@@ -119,9 +134,18 @@ impl TensorFile {
         let e = self.entry(name, shape)?;
         let bytes = &self.map[e.start..e.start + e.len];
         Ok(match e.dtype {
-            Dtype::I64 => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect(),
-            Dtype::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as i64).collect(),
-            Dtype::U32 => bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as i64).collect(),
+            Dtype::I64 => bytes
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect(),
+            Dtype::I32 => bytes
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as i64)
+                .collect(),
+            Dtype::U32 => bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as i64)
+                .collect(),
             Dtype::U8 => bytes.iter().map(|&b| b as i64).collect(),
             other => {
                 return Err(Error::Weights(format!(
@@ -135,7 +159,11 @@ impl TensorFile {
     /// Names of the tensors no one has taken yet.
     pub fn unused(&self) -> Vec<String> {
         let used = self.used.borrow();
-        self.entries.keys().filter(|k| !used.contains(*k)).cloned().collect()
+        self.entries
+            .keys()
+            .filter(|k| !used.contains(*k))
+            .cloned()
+            .collect()
     }
 
     /// Marks a tensor as deliberately ignored.
@@ -145,7 +173,11 @@ impl TensorFile {
 }
 
 /// Writes f32 tensors to a safetensors file, atomically (a temporary file renamed into place).
-pub fn save_f32(path: &Path, tensors: &[(&str, &Tensor)], metadata: Option<std::collections::HashMap<String, String>>) -> Result<()> {
+pub fn save_f32(
+    path: &Path,
+    tensors: &[(&str, &Tensor)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
     use safetensors::tensor::TensorView;
     let views: Vec<(String, TensorView)> = tensors
         .iter()
@@ -164,8 +196,14 @@ pub fn save_f32(path: &Path, tensors: &[(&str, &Tensor)], metadata: Option<std::
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
 /// reader never sees a half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| {

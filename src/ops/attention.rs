@@ -3,17 +3,14 @@
 //! one query token over the context tokens (SPEC §3.2.3).
 
 use super::linear::{matmul_strided_cpu, Par};
+use super::math::{exp_f32, map_inplace};
 use rayon::prelude::*;
 
-/// In-place softmax of one row, max-subtracted, accumulated in f64.
+/// In-place softmax of one row, max-subtracted, the sum accumulated in f64.
 fn softmax_row(row: &mut [f32]) {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f64;
-    for v in row.iter_mut() {
-        let e = (*v - max).exp();
-        *v = e;
-        sum += e as f64;
-    }
+    map_inplace(row, |v| exp_f32(v - max));
+    let sum: f64 = row.iter().map(|&e| e as f64).sum();
     let inv = (1.0 / sum) as f32;
     for v in row.iter_mut() {
         *v *= inv;
@@ -23,7 +20,15 @@ fn softmax_row(row: &mut [f32]) {
 /// CPU twin of the ViT self-attention. `qkv` is `[b, s, 3·h·d]` with feature
 /// `which·(h·d) + head·d + i` (which = q, k, v); `out` is `[b, s, h·d]`, heads concatenated.
 /// One task per (batch, head); the two products of a head are single-threaded GEMMs.
-pub fn self_attention_packed_cpu(qkv: &[f32], b: usize, s: usize, heads: usize, d: usize, scale: f32, out: &mut [f32]) {
+pub fn self_attention_packed_cpu(
+    qkv: &[f32],
+    b: usize,
+    s: usize,
+    heads: usize,
+    d: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
     let c = heads * d;
     let stride = 3 * c;
     debug_assert_eq!(qkv.len(), b * s * stride);
@@ -38,7 +43,17 @@ pub fn self_attention_packed_cpu(qkv: &[f32], b: usize, s: usize, heads: usize, 
             let v = &qkv[base + 2 * c..];
             let mut scores = vec![0f32; s * s];
             // scores[i, j] = Σ_t q[i, t]·k[j, t]: kᵀ has row stride 1 and column stride 3c.
-            matmul_strided_cpu(s, s, d, q, (stride, 1), k, (1, stride), &mut scores, Par::Serial);
+            matmul_strided_cpu(
+                s,
+                s,
+                d,
+                q,
+                (stride, 1),
+                k,
+                (1, stride),
+                &mut scores,
+                Par::Serial,
+            );
             for row in scores.chunks_mut(s) {
                 for x in row.iter_mut() {
                     *x *= scale;
@@ -46,7 +61,17 @@ pub fn self_attention_packed_cpu(qkv: &[f32], b: usize, s: usize, heads: usize, 
                 softmax_row(row);
             }
             let mut o = vec![0f32; s * d];
-            matmul_strided_cpu(s, d, s, &scores, (s, 1), v, (stride, 1), &mut o, Par::Serial);
+            matmul_strided_cpu(
+                s,
+                d,
+                s,
+                &scores,
+                (s, 1),
+                v,
+                (stride, 1),
+                &mut o,
+                Par::Serial,
+            );
             o
         })
         .collect();
@@ -61,7 +86,16 @@ pub fn self_attention_packed_cpu(qkv: &[f32], b: usize, s: usize, heads: usize, 
 
 /// CPU twin of the decoder cross-attention: one query per sample. `q` is `[b, h·d]`, `kv` is
 /// `[b, t, 2·h·d]` (keys in the first `h·d` features, values in the second), `out` is `[b, h·d]`.
-pub fn cross_attention_1q_cpu(q: &[f32], kv: &[f32], b: usize, t: usize, heads: usize, d: usize, scale: f32, out: &mut [f32]) {
+pub fn cross_attention_1q_cpu(
+    q: &[f32],
+    kv: &[f32],
+    b: usize,
+    t: usize,
+    heads: usize,
+    d: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
     let inner = heads * d;
     debug_assert_eq!(q.len(), b * inner);
     debug_assert_eq!(kv.len(), b * t * 2 * inner);
@@ -92,11 +126,16 @@ mod tests {
     fn naive(q: &[Vec<f64>], k: &[Vec<f64>], v: &[Vec<f64>], scale: f64) -> Vec<Vec<f64>> {
         q.iter()
             .map(|qi| {
-                let s: Vec<f64> = k.iter().map(|kj| qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() * scale).collect();
+                let s: Vec<f64> = k
+                    .iter()
+                    .map(|kj| qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() * scale)
+                    .collect();
                 let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
                 let z: f64 = e.iter().sum();
-                (0..v[0].len()).map(|t| e.iter().zip(v).map(|(p, vj)| p / z * vj[t]).sum()).collect()
+                (0..v[0].len())
+                    .map(|t| e.iter().zip(v).map(|(p, vj)| p / z * vj[t]).sum())
+                    .collect()
             })
             .collect()
     }
@@ -115,12 +154,20 @@ mod tests {
         for bi in 0..b {
             for hh in 0..h {
                 let get = |which: usize| -> Vec<Vec<f64>> {
-                    (0..s).map(|i| (0..d).map(|t| qkv[(bi * s + i) * 3 * c + which * c + hh * d + t] as f64).collect()).collect()
+                    (0..s)
+                        .map(|i| {
+                            (0..d)
+                                .map(|t| qkv[(bi * s + i) * 3 * c + which * c + hh * d + t] as f64)
+                                .collect()
+                        })
+                        .collect()
                 };
                 let want = naive(&get(0), &get(1), &get(2), 0.5);
                 for i in 0..s {
                     for t in 0..d {
-                        assert!((out[(bi * s + i) * c + hh * d + t] as f64 - want[i][t]).abs() < 1e-5);
+                        assert!(
+                            (out[(bi * s + i) * c + hh * d + t] as f64 - want[i][t]).abs() < 1e-5
+                        );
                     }
                 }
             }
@@ -137,10 +184,23 @@ mod tests {
         cross_attention_1q_cpu(&q, &kv, b, t, h, d, 0.7, &mut out);
         for bi in 0..b {
             for hh in 0..h {
-                let qv = vec![(0..d).map(|x| q[bi * inner + hh * d + x] as f64).collect::<Vec<_>>()];
-                let k: Vec<Vec<f64>> = (0..t).map(|j| (0..d).map(|x| kv[(bi * t + j) * 2 * inner + hh * d + x] as f64).collect()).collect();
-                let v: Vec<Vec<f64>> =
-                    (0..t).map(|j| (0..d).map(|x| kv[(bi * t + j) * 2 * inner + inner + hh * d + x] as f64).collect()).collect();
+                let qv = vec![(0..d)
+                    .map(|x| q[bi * inner + hh * d + x] as f64)
+                    .collect::<Vec<_>>()];
+                let k: Vec<Vec<f64>> = (0..t)
+                    .map(|j| {
+                        (0..d)
+                            .map(|x| kv[(bi * t + j) * 2 * inner + hh * d + x] as f64)
+                            .collect()
+                    })
+                    .collect();
+                let v: Vec<Vec<f64>> = (0..t)
+                    .map(|j| {
+                        (0..d)
+                            .map(|x| kv[(bi * t + j) * 2 * inner + inner + hh * d + x] as f64)
+                            .collect()
+                    })
+                    .collect();
                 let want = naive(&qv, &k, &v, 0.7);
                 for x in 0..d {
                     assert!((out[bi * inner + hh * d + x] as f64 - want[0][x]).abs() < 1e-5);

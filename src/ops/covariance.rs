@@ -108,7 +108,13 @@ fn covariance_one(param: CovParam, raw: &[f32], w: Option<&[f32]>) -> Vec<f64> {
 
 /// CPU twin of the covariance assembly: `raw` `[b, param.raw_len()]`, `w` `[63, 63]` for
 /// `LowRank` → `cov` `[b, 63, 63]` and `joint_unc` `[b, 21]`.
-pub fn covariance_cpu(param: CovParam, raw: &[f32], w: Option<&[f32]>, cov: &mut [f32], joint_unc: &mut [f32]) {
+pub fn covariance_cpu(
+    param: CovParam,
+    raw: &[f32],
+    w: Option<&[f32]>,
+    cov: &mut [f32],
+    joint_unc: &mut [f32],
+) {
     let rl = param.raw_len();
     cov.par_chunks_mut(DIM * DIM)
         .zip(joint_unc.par_chunks_mut(DIM / 3))
@@ -119,7 +125,9 @@ pub fn covariance_cpu(param: CovParam, raw: &[f32], w: Option<&[f32]>, cov: &mut
                 *dst = s as f32;
             }
             for (j, uj) in u.iter_mut().enumerate() {
-                *uj = (0..3).map(|c3| sigma[(3 * j + c3) * DIM + 3 * j + c3]).sum::<f64>() as f32;
+                *uj = (0..3)
+                    .map(|c3| sigma[(3 * j + c3) * DIM + 3 * j + c3])
+                    .sum::<f64>() as f32;
             }
         });
 }
@@ -130,7 +138,9 @@ mod tests {
 
     #[test]
     fn full_covariance_inverts_the_precision() {
-        let raw: Vec<f32> = (0..DIM + TRIL).map(|i| ((i * 7919 % 101) as f32 / 101.0 - 0.5) * 0.2).collect();
+        let raw: Vec<f32> = (0..DIM + TRIL)
+            .map(|i| ((i * 7919 % 101) as f32 / 101.0 - 0.5) * 0.2)
+            .collect();
         let l = full_precision_factor(&raw);
         let sigma = covariance_one(CovParam::Full, &raw, None);
         // (L·Lᵀ)·Σ = I.
@@ -141,7 +151,10 @@ mod tests {
                     let lam: f64 = (0..DIM).map(|t| l[i * DIM + t] * l[k * DIM + t]).sum();
                     acc += lam * sigma[k * DIM + j];
                 }
-                assert!((acc - if i == j { 1.0 } else { 0.0 }).abs() < 1e-9, "({i},{j}) = {acc}");
+                assert!(
+                    (acc - if i == j { 1.0 } else { 0.0 }).abs() < 1e-9,
+                    "({i},{j}) = {acc}"
+                );
             }
         }
     }
@@ -153,7 +166,12 @@ mod tests {
         for i in 0..DIM {
             w[i * DIM + i] = 1.0;
         }
-        let (mut c1, mut u1, mut c2, mut u2) = (vec![0f32; DIM * DIM], vec![0f32; 21], vec![0f32; DIM * DIM], vec![0f32; 21]);
+        let (mut c1, mut u1, mut c2, mut u2) = (
+            vec![0f32; DIM * DIM],
+            vec![0f32; 21],
+            vec![0f32; DIM * DIM],
+            vec![0f32; 21],
+        );
         covariance_cpu(CovParam::LowRank, &s, Some(&w), &mut c1, &mut u1);
         covariance_cpu(CovParam::Diag, &s, None, &mut c2, &mut u2);
         assert_eq!(c1, c2);

@@ -9,11 +9,21 @@ pub fn rot6d_to_rotmat(x: &[f32; 6]) -> [f32; 9] {
     let n1 = norm(a1);
     let b1 = [a1[0] / n1, a1[1] / n1, a1[2] / n1];
     let dot = b1[0] * a2[0] + b1[1] * a2[1] + b1[2] * a2[2];
-    let u = [a2[0] - dot * b1[0], a2[1] - dot * b1[1], a2[2] - dot * b1[2]];
+    let u = [
+        a2[0] - dot * b1[0],
+        a2[1] - dot * b1[1],
+        a2[2] - dot * b1[2],
+    ];
     let n2 = norm(u);
     let b2 = [u[0] / n2, u[1] / n2, u[2] / n2];
-    let b3 = [b1[1] * b2[2] - b1[2] * b2[1], b1[2] * b2[0] - b1[0] * b2[2], b1[0] * b2[1] - b1[1] * b2[0]];
-    [b1[0], b2[0], b3[0], b1[1], b2[1], b3[1], b1[2], b2[2], b3[2]]
+    let b3 = [
+        b1[1] * b2[2] - b1[2] * b2[1],
+        b1[2] * b2[0] - b1[0] * b2[2],
+        b1[0] * b2[1] - b1[1] * b2[0],
+    ];
+    [
+        b1[0], b2[0], b3[0], b1[1], b2[1], b3[1], b1[2], b2[2], b3[2],
+    ]
 }
 
 /// CPU twin of rot6d → rotmat over `n` codes: `x` `[n, 6]` → `out` `[n, 3, 3]`.
@@ -26,7 +36,11 @@ pub fn rot6d_to_rotmat_cpu(x: &[f32], out: &mut [f32]) {
 
 /// Weak-perspective camera `(s, tx, ty)` → translation `(tx, ty, 2f / (S·s + 1e-9))`.
 pub fn cam_translation(cam: &[f32; 3], focal_length: f32, image_size: f32) -> [f32; 3] {
-    [cam[1], cam[2], 2.0 * focal_length / (image_size * cam[0] + 1e-9)]
+    [
+        cam[1],
+        cam[2],
+        2.0 * focal_length / (image_size * cam[0] + 1e-9),
+    ]
 }
 
 /// Perspective projection of points `[n, 3]` translated by `t`, focal `f'` = f / S, principal
@@ -45,7 +59,10 @@ mod tests {
 
     #[test]
     fn identity_code_gives_identity() {
-        assert_eq!(rot6d_to_rotmat(&[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]), [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(
+            rot6d_to_rotmat(&[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+            [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+        );
     }
 
     #[test]
@@ -57,7 +74,8 @@ mod tests {
                 assert!((d - if i == j { 1.0 } else { 0.0 }).abs() < 1e-6);
             }
         }
-        let det = r[0] * (r[4] * r[8] - r[5] * r[7]) - r[1] * (r[3] * r[8] - r[5] * r[6]) + r[2] * (r[3] * r[7] - r[4] * r[6]);
+        let det = r[0] * (r[4] * r[8] - r[5] * r[7]) - r[1] * (r[3] * r[8] - r[5] * r[6])
+            + r[2] * (r[3] * r[7] - r[4] * r[6]);
         assert!((det - 1.0).abs() < 1e-6);
     }
 }

@@ -16,7 +16,9 @@ pub const PARENTS: [i64; NUM_JOINTS] = [-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11
 /// smplx's fingertip vertices of MANO_RIGHT, thumb, index, middle, ring, pinky.
 pub const TIP_VERTICES: [usize; 5] = [744, 320, 443, 554, 671];
 /// 21 keypoints (16 joints then 5 tips) → OpenPose/FreiHAND order.
-pub const JOINT_MAP: [usize; NUM_KEYPOINTS] = [0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11, 12, 19, 7, 8, 9, 20];
+pub const JOINT_MAP: [usize; NUM_KEYPOINTS] = [
+    0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11, 12, 19, 7, 8, 9, 20,
+];
 
 /// Borrowed MANO buffers, in the checkpoint layout.
 #[derive(Clone, Copy)]
@@ -50,7 +52,11 @@ type Affine = [f32; 12];
 /// For identity rotations every `D_j` is exactly zero, so the rest pose reproduces the template
 /// bit for bit; otherwise the result equals smplx's up to f32 rounding.
 /// Returns the posed joints `J'_j = J_j + D_j^R·J_j + D_j^t` and the `D_j`.
-pub fn rigid_chain(rot: &[f32], joints: &[f32], parents: &[usize; NUM_JOINTS]) -> ([[f32; 3]; NUM_JOINTS], [Affine; NUM_JOINTS]) {
+pub fn rigid_chain(
+    rot: &[f32],
+    joints: &[f32],
+    parents: &[usize; NUM_JOINTS],
+) -> ([[f32; 3]; NUM_JOINTS], [Affine; NUM_JOINTS]) {
     let mut d = [[0f32; 12]; NUM_JOINTS];
     let mut posed = [[0f32; 3]; NUM_JOINTS];
     for j in 0..NUM_JOINTS {
@@ -58,7 +64,8 @@ pub fn rigid_chain(rot: &[f32], joints: &[f32], parents: &[usize; NUM_JOINTS]) -
         let jj = [joints[j * 3], joints[j * 3 + 1], joints[j * 3 + 2]];
         let mut t = [0f32; 3];
         for row in 0..3 {
-            t[row] = jj[row] - (r[row * 3] * jj[0] + r[row * 3 + 1] * jj[1] + r[row * 3 + 2] * jj[2]);
+            t[row] =
+                jj[row] - (r[row * 3] * jj[0] + r[row * 3 + 1] * jj[1] + r[row * 3 + 2] * jj[2]);
         }
         let mut dj = [0f32; 12];
         for row in 0..3 {
@@ -78,7 +85,11 @@ pub fn rigid_chain(rot: &[f32], joints: &[f32], parents: &[usize; NUM_JOINTS]) -
             }
         }
         for row in 0..3 {
-            posed[j][row] = jj[row] + (dj[row * 4] * jj[0] + dj[row * 4 + 1] * jj[1] + dj[row * 4 + 2] * jj[2] + dj[row * 4 + 3]);
+            posed[j][row] = jj[row]
+                + (dj[row * 4] * jj[0]
+                    + dj[row * 4 + 1] * jj[1]
+                    + dj[row * 4 + 2] * jj[2]
+                    + dj[row * 4 + 3]);
         }
         d[j] = dj;
     }
@@ -87,12 +98,29 @@ pub fn rigid_chain(rot: &[f32], joints: &[f32], parents: &[usize; NUM_JOINTS]) -
 
 /// CPU twin of the MANO forward. `rotmats` `[b, 16, 3, 3]` (global orient first), `betas`
 /// `[b, num_betas]` → `verts` `[b, V, 3]` and `keypoints` `[b, 21, 3]` (OpenPose order).
-pub fn mano_fwd_cpu(m: &ManoData, rotmats: &[f32], betas: &[f32], b: usize, verts: &mut [f32], keypoints: &mut [f32]) {
+pub fn mano_fwd_cpu(
+    m: &ManoData,
+    rotmats: &[f32],
+    betas: &[f32],
+    b: usize,
+    verts: &mut [f32],
+    keypoints: &mut [f32],
+) {
     let (nv, nb) = (m.num_verts, m.num_betas);
     let n3 = 3 * nv;
     // v_shaped = v_template + shapedirs·β, as one GEMM over the batch: [b, nb] × [nb, 3V].
     let mut v_shaped = vec![0f32; b * n3];
-    matmul_strided_cpu(b, n3, nb, betas, (nb, 1), m.shapedirs, (1, nb), &mut v_shaped, Par::Auto);
+    matmul_strided_cpu(
+        b,
+        n3,
+        nb,
+        betas,
+        (nb, 1),
+        m.shapedirs,
+        (1, nb),
+        &mut v_shaped,
+        Par::Auto,
+    );
     v_shaped.par_chunks_mut(n3).for_each(|row| {
         for (v, t) in row.iter_mut().zip(m.v_template) {
             *v += t;
@@ -104,12 +132,23 @@ pub fn mano_fwd_cpu(m: &ManoData, rotmats: &[f32], betas: &[f32], b: usize, vert
         for j in 1..NUM_JOINTS {
             for e in 0..9 {
                 let eye = if e % 4 == 0 { 1.0 } else { 0.0 };
-                feat[bi * POSE_FEATURES + (j - 1) * 9 + e] = rotmats[(bi * NUM_JOINTS + j) * 9 + e] - eye;
+                feat[bi * POSE_FEATURES + (j - 1) * 9 + e] =
+                    rotmats[(bi * NUM_JOINTS + j) * 9 + e] - eye;
             }
         }
     }
     let mut v_posed = vec![0f32; b * n3];
-    matmul_strided_cpu(b, n3, POSE_FEATURES, &feat, (POSE_FEATURES, 1), m.posedirs, (n3, 1), &mut v_posed, Par::Auto);
+    matmul_strided_cpu(
+        b,
+        n3,
+        POSE_FEATURES,
+        &feat,
+        (POSE_FEATURES, 1),
+        m.posedirs,
+        (n3, 1),
+        &mut v_posed,
+        Par::Auto,
+    );
     verts
         .par_chunks_mut(n3)
         .zip(keypoints.par_chunks_mut(NUM_KEYPOINTS * 3))
@@ -119,11 +158,25 @@ pub fn mano_fwd_cpu(m: &ManoData, rotmats: &[f32], betas: &[f32], b: usize, vert
             let vs = &v_shaped[bi * n3..(bi + 1) * n3];
             // Rest joints J = J_regressor · v_shaped.
             let mut joints = [0f32; NUM_JOINTS * 3];
-            matmul_strided_cpu(NUM_JOINTS, 3, nv, m.j_regressor, (nv, 1), vs, (3, 1), &mut joints, Par::Serial);
+            matmul_strided_cpu(
+                NUM_JOINTS,
+                3,
+                nv,
+                m.j_regressor,
+                (nv, 1),
+                vs,
+                (3, 1),
+                &mut joints,
+                Par::Serial,
+            );
             for (p, s) in vp.iter_mut().zip(vs) {
                 *p += s;
             }
-            let (posed, d) = rigid_chain(&rotmats[bi * NUM_JOINTS * 9..(bi + 1) * NUM_JOINTS * 9], &joints, m.parents);
+            let (posed, d) = rigid_chain(
+                &rotmats[bi * NUM_JOINTS * 9..(bi + 1) * NUM_JOINTS * 9],
+                &joints,
+                m.parents,
+            );
             // Linear blend skinning, v = Σ_j w_vj·A_j·(v_posed, 1), written as
             // v = v_posed + (Σ_j w_vj·D_j)·(v_posed, 1): the same when the weights sum to 1
             // (MANO's do), and exact for the rest pose.
@@ -137,7 +190,11 @@ pub fn mano_fwd_cpu(m: &ManoData, rotmats: &[f32], betas: &[f32], b: usize, vert
                 }
                 let p = &vp[v * 3..v * 3 + 3];
                 for r in 0..3 {
-                    out_v[v * 3 + r] = p[r] + (t[r * 4] * p[0] + t[r * 4 + 1] * p[1] + t[r * 4 + 2] * p[2] + t[r * 4 + 3]);
+                    out_v[v * 3 + r] = p[r]
+                        + (t[r * 4] * p[0]
+                            + t[r * 4 + 1] * p[1]
+                            + t[r * 4 + 2] * p[2]
+                            + t[r * 4 + 3]);
                 }
             }
             // 16 posed joints + 5 fingertip vertices, then the OpenPose order.

@@ -8,4 +8,5 @@ pub mod image;
 pub mod layernorm;
 pub mod linear;
 pub mod mano;
+pub mod math;
 pub mod patch_embed;

@@ -47,7 +47,11 @@ pub fn im2col_cpu(img: &[f32], b: usize, g: &PatchGeometry, out: &mut [f32]) {
                 }
                 for (kx, d) in dst.iter_mut().enumerate() {
                     let x = (tj * p + kx) as isize - g.pad as isize;
-                    *d = if x < 0 || x >= g.win_w as isize { 0.0 } else { plane[y as usize * s + g.col0 + x as usize] };
+                    *d = if x < 0 || x >= g.win_w as isize {
+                        0.0
+                    } else {
+                        plane[y as usize * s + g.col0 + x as usize]
+                    };
                 }
             }
         }
@@ -55,8 +59,24 @@ pub fn im2col_cpu(img: &[f32], b: usize, g: &PatchGeometry, out: &mut [f32]) {
 }
 
 /// CPU twin of the patch embedding: `img` `[b, 3, S, S]` → tokens `[b, rows·cols, C]`.
-pub fn patch_embed_cpu(img: &[f32], b: usize, g: &PatchGeometry, weight: &[f32], bias: &[f32], c: usize, out: &mut [f32]) {
+pub fn patch_embed_cpu(
+    img: &[f32],
+    b: usize,
+    g: &PatchGeometry,
+    weight: &[f32],
+    bias: &[f32],
+    c: usize,
+    out: &mut [f32],
+) {
     let mut cols = vec![0f32; b * g.rows * g.cols * g.patch_len()];
     im2col_cpu(img, b, g, &mut cols);
-    linear_cpu(&cols, weight, Some(bias), g.patch_len(), c, Epilogue::None, out);
+    linear_cpu(
+        &cols,
+        weight,
+        Some(bias),
+        g.patch_len(),
+        c,
+        Epilogue::None,
+        out,
+    );
 }
