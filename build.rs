@@ -23,9 +23,14 @@ const NO_NVCC_WARNING: &str =
     "nvcc not found: building without CUDA kernels (set NVCC or CUDA_HOME; see README)";
 
 fn main() {
-    for var in
-        ["NVCC", "CUDA_HOME", "HANDCOV_CUDA_ARCH", "HANDCOV_REQUIRE_KERNELS", "HANDCOV_PTXAS_VERBOSE", "PATH"]
-    {
+    for var in [
+        "NVCC",
+        "CUDA_HOME",
+        "HANDCOV_CUDA_ARCH",
+        "HANDCOV_REQUIRE_KERNELS",
+        "HANDCOV_PTXAS_VERBOSE",
+        "PATH",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo:rerun-if-changed=build.rs");
@@ -67,11 +72,15 @@ fn main() {
             .cu
             .iter()
             .map(|src| {
-                let (nvcc, ptxas, arch, kernel_dir, out_dir) = (&nvcc, &ptxas, &arch, &kernel_dir, &out_dir);
+                let (nvcc, ptxas, arch, kernel_dir, out_dir) =
+                    (&nvcc, &ptxas, &arch, &kernel_dir, &out_dir);
                 scope.spawn(move || compile_one(nvcc, ptxas, arch, kernel_dir, out_dir, src))
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("kernel compile thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("kernel compile thread panicked"))
+            .collect()
     });
 
     let mut modules = Vec::new();
@@ -109,16 +118,26 @@ fn list_kernel_dir(dir: &Path) -> KernelSources {
         }
     }
     all.sort();
-    let cu = all.iter().filter(|p| p.extension().is_some_and(|e| e == "cu")).cloned().collect();
+    let cu = all
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .cloned()
+        .collect();
     KernelSources { cu, all }
 }
 
 fn env_flag(name: &str) -> bool {
-    matches!(env::var(name).as_deref().map(str::trim), Ok("1") | Ok("true") | Ok("yes") | Ok("on"))
+    matches!(
+        env::var(name).as_deref().map(str::trim),
+        Ok("1") | Ok("true") | Ok("yes") | Ok("on")
+    )
 }
 
 fn non_empty_env(name: &str) -> Option<String> {
-    env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// `$NVCC`, else `$CUDA_HOME/bin/nvcc`, else `nvcc` on `PATH`. An `NVCC` that is set but points
@@ -133,7 +152,9 @@ fn find_nvcc() -> Option<PathBuf> {
         };
         return match found {
             Some(p) => Some(p),
-            None => panic!("NVCC={nvcc} is set but no such file exists; point NVCC at nvcc or unset it"),
+            None => {
+                panic!("NVCC={nvcc} is set but no such file exists; point NVCC at nvcc or unset it")
+            }
         };
     }
     if let Some(home) = non_empty_env("CUDA_HOME") {
@@ -147,7 +168,9 @@ fn find_nvcc() -> Option<PathBuf> {
 
 fn search_path(name: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH")?;
-    env::split_paths(&path).map(|dir| dir.join(exe(name))).find(|p| is_file(p))
+    env::split_paths(&path)
+        .map(|dir| dir.join(exe(name)))
+        .find(|p| is_file(p))
 }
 
 fn exe(name: &str) -> String {
@@ -175,9 +198,15 @@ fn ptxas_beside(nvcc: &Path) -> PathBuf {
 fn cuda_arch() -> String {
     let raw = non_empty_env("HANDCOV_CUDA_ARCH").unwrap_or_else(|| DEFAULT_ARCH.to_string());
     let lower = raw.to_ascii_lowercase();
-    let digits = lower.strip_prefix("sm_").or_else(|| lower.strip_prefix("compute_")).unwrap_or(&lower);
+    let digits = lower
+        .strip_prefix("sm_")
+        .or_else(|| lower.strip_prefix("compute_"))
+        .unwrap_or(&lower);
     let number = digits.trim_end_matches(['a', 'f']);
-    if number.len() < 2 || !number.bytes().all(|b| b.is_ascii_digit()) || digits.len() > number.len() + 1 {
+    if number.len() < 2
+        || !number.bytes().all(|b| b.is_ascii_digit())
+        || digits.len() > number.len() + 1
+    {
         panic!("HANDCOV_CUDA_ARCH={raw} is not a CUDA architecture; use e.g. sm_80, sm_89, sm_90 or sm_90a");
     }
     format!("sm_{digits}")
@@ -219,23 +248,42 @@ fn compile_one(
         .arg(&ptx);
     let out = run(&mut cmd)?;
     if !out.status.success() {
-        return Err(format!("nvcc failed on {} ({}):\n{}", src.display(), out.status, output_text(&out)));
+        return Err(format!(
+            "nvcc failed on {} ({}):\n{}",
+            src.display(),
+            out.status,
+            output_text(&out)
+        ));
     }
 
     // Assemble the PTX for the same arch: catches what nvcc -ptx lets through (register
     // limits, unsupported instructions) and reports registers and spills.
     let mut cmd = Command::new(ptxas);
-    cmd.arg("-v").arg(format!("-arch={arch}")).arg(&ptx).arg("-o").arg(&cubin);
+    cmd.arg("-v")
+        .arg(format!("-arch={arch}"))
+        .arg(&ptx)
+        .arg("-o")
+        .arg(&cubin);
     let out = run(&mut cmd)?;
     let ptxas_log = output_text(&out);
     if !out.status.success() {
-        return Err(format!("ptxas failed on {} ({}):\n{}", ptx.display(), out.status, ptxas_log));
+        return Err(format!(
+            "ptxas failed on {} ({}):\n{}",
+            ptx.display(),
+            out.status,
+            ptxas_log
+        ));
     }
-    Ok(Compiled { name, ptx, ptxas_log })
+    Ok(Compiled {
+        name,
+        ptx,
+        ptxas_log,
+    })
 }
 
 fn run(cmd: &mut Command) -> Result<Output, String> {
-    cmd.output().map_err(|e| format!("could not run {:?}: {e}", cmd.get_program()))
+    cmd.output()
+        .map_err(|e| format!("could not run {:?}: {e}", cmd.get_program()))
 }
 
 fn output_text(out: &Output) -> String {

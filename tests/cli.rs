@@ -28,7 +28,16 @@ fn tensor_mode_dump_matches_pytorch() {
     let w = tiny_weights_for(u, &dir);
     let cfg = config_file(&dir, u);
     let dump = dir.join("out.safetensors");
-    let run = infer(&["--config", s(&cfg), "--weights", s(&w), "--input-tensor", s(&fixture("tiny_input.safetensors")), "--dump", s(&dump)]);
+    let run = infer(&[
+        "--config",
+        s(&cfg),
+        "--weights",
+        s(&w),
+        "--input-tensor",
+        s(&fixture("tiny_input.safetensors")),
+        "--dump",
+        s(&dump),
+    ]);
     assert_eq!(run.0, 0, "{}", run.2);
     let got = TensorFile::open(&dump).unwrap();
     let want = TensorFile::open(&fixture("tiny_ours_out.safetensors")).unwrap();
@@ -36,7 +45,11 @@ fn tensor_mode_dump_matches_pytorch() {
         let (a, b) = (got.f32(name, None).unwrap(), want.f32(name, None).unwrap());
         assert_eq!(a.shape(), b.shape(), "{name}");
         // Same tolerances as tests/reference_fixtures.rs (fp32 engine vs f64 reference).
-        let tol = if name == "keypoint_3d_cov" { 1e-3 } else { 1e-4 };
+        let tol = if name == "keypoint_3d_cov" {
+            1e-3
+        } else {
+            1e-4
+        };
         assert!(rel_err(a.data(), b.data()) <= tol, "{name}");
     }
     // The dump holds exactly the documented tensors.
@@ -62,21 +75,48 @@ fn tensor_mode_dump_matches_pytorch() {
 fn mano_from_a_separate_file_gives_the_same_outputs() {
     let dir = scratch("cli_separate_mano");
     let all = read_all(&tiny_weights_for(Uncertainty::None, &dir));
-    let (mano, rest): (Vec<RawTensor>, Vec<RawTensor>) = all.into_iter().partition(|t| t.name.starts_with("mano."));
+    let (mano, rest): (Vec<RawTensor>, Vec<RawTensor>) =
+        all.into_iter().partition(|t| t.name.starts_with("mano."));
     let (wp, mp) = (dir.join("model.safetensors"), dir.join("mano.safetensors"));
     write_all(&wp, &rest);
     write_all(&mp, &mano);
     let cfg = config_file(&dir, Uncertainty::None);
     let dump = dir.join("out.safetensors");
     let input = fixture("tiny_input.safetensors");
-    let run = infer(&["--config", s(&cfg), "--weights", s(&wp), "--mano", s(&mp), "--input-tensor", s(&input), "--dump", s(&dump)]);
+    let run = infer(&[
+        "--config",
+        s(&cfg),
+        "--weights",
+        s(&wp),
+        "--mano",
+        s(&mp),
+        "--input-tensor",
+        s(&input),
+        "--dump",
+        s(&dump),
+    ]);
     assert_eq!(run.0, 0, "{}", run.2);
     let got = TensorFile::open(&dump).unwrap();
     let want = TensorFile::open(&fixture("tiny_none_out.safetensors")).unwrap();
-    let (a, b) = (got.f32("pred_vertices", None).unwrap(), want.f32("pred_vertices", None).unwrap());
+    let (a, b) = (
+        got.f32("pred_vertices", None).unwrap(),
+        want.f32("pred_vertices", None).unwrap(),
+    );
     assert!(rel_err(a.data(), b.data()) <= 1e-4);
     // Without --mano, weights lacking MANO say what to do.
-    assert_clean_error(infer(&["--config", s(&cfg), "--weights", s(&wp), "--input-tensor", s(&input), "--dump", s(&dump)]), &["mano.", "--mano"]);
+    assert_clean_error(
+        infer(&[
+            "--config",
+            s(&cfg),
+            "--weights",
+            s(&wp),
+            "--input-tensor",
+            s(&input),
+            "--dump",
+            s(&dump),
+        ]),
+        &["mano.", "--mano"],
+    );
 }
 
 /// Mirrors an RGB PNG horizontally.
@@ -120,7 +160,19 @@ fn image_mode_left_hand_is_the_mirror_of_the_right_hand() {
     .unwrap();
     let out = dir.join("out");
     let run = infer(&[
-        "--config", s(&cfg), "--weights", s(&w), "--images", s(&right), "--images", s(&left), "--boxes", s(&boxes), "--out", s(&out), "--obj",
+        "--config",
+        s(&cfg),
+        "--weights",
+        s(&w),
+        "--images",
+        s(&right),
+        "--images",
+        s(&left),
+        "--boxes",
+        s(&boxes),
+        "--out",
+        s(&out),
+        "--obj",
     ]);
     assert_eq!(run.0, 0, "{}", run.2);
     let r = json(&out.join("crop_src.json"));
@@ -140,10 +192,17 @@ fn image_mode_left_hand_is_the_mirror_of_the_right_hand() {
     }
     let (a, b) = (floats(&rh["keypoints_2d"]), floats(&lh["keypoints_2d"]));
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        let want = if i % 2 == 0 { width as f64 - 1.0 - x } else { *x };
+        let want = if i % 2 == 0 {
+            width as f64 - 1.0 - x
+        } else {
+            *x
+        };
         assert!((y - want).abs() < 1e-6, "keypoints_2d[{i}]: {y} vs {want}");
     }
-    assert_eq!(floats(&rh["joint_uncertainty"]), floats(&lh["joint_uncertainty"]));
+    assert_eq!(
+        floats(&rh["joint_uncertainty"]),
+        floats(&lh["joint_uncertainty"])
+    );
     assert_eq!(floats(&rh["keypoint_3d_cov"]).len(), 63 * 63);
     // 2D keypoints are the projection of the 3D keypoints: check one through the crop camera.
     assert_eq!(floats(&rh["vertices"]).len(), 778 * 3);
@@ -162,7 +221,18 @@ fn image_mode_without_boxes_uses_the_whole_image() {
     std::fs::copy(fixture("crop_src.png"), imgdir.join("a.png")).unwrap();
     std::fs::copy(fixture("crop_src.png"), imgdir.join("b.png")).unwrap();
     let out = dir.join("out");
-    let run = infer(&["--config", s(&cfg), "--weights", s(&w), "--images", s(&imgdir), "--out", s(&out), "--batch", "1"]);
+    let run = infer(&[
+        "--config",
+        s(&cfg),
+        "--weights",
+        s(&w),
+        "--images",
+        s(&imgdir),
+        "--out",
+        s(&out),
+        "--batch",
+        "1",
+    ]);
     assert_eq!(run.0, 0, "{}", run.2);
     let (a, b) = (json(&out.join("a.json")), json(&out.join("b.json")));
     assert_eq!(a["hands"].as_array().unwrap().len(), 1);
@@ -183,18 +253,41 @@ fn setup(name: &str) -> Setup {
     let dir = scratch(name);
     let weights = tiny_weights_for(Uncertainty::None, &dir);
     let cfg = config_file(&dir, Uncertainty::None);
-    Setup { input: fixture("tiny_input.safetensors"), dir, cfg, weights }
+    Setup {
+        input: fixture("tiny_input.safetensors"),
+        dir,
+        cfg,
+        weights,
+    }
 }
 
 impl Setup {
     fn run_with_weights(&self, w: &Path) -> (i32, String, String) {
         let dump = self.dir.join("dump.safetensors");
-        infer(&["--config", s(&self.cfg), "--weights", s(w), "--input-tensor", s(&self.input), "--dump", s(&dump)])
+        infer(&[
+            "--config",
+            s(&self.cfg),
+            "--weights",
+            s(w),
+            "--input-tensor",
+            s(&self.input),
+            "--dump",
+            s(&dump),
+        ])
     }
 
     fn run_with_input(&self, x: &Path) -> (i32, String, String) {
         let dump = self.dir.join("dump.safetensors");
-        infer(&["--config", s(&self.cfg), "--weights", s(&self.weights), "--input-tensor", s(x), "--dump", s(&dump)])
+        infer(&[
+            "--config",
+            s(&self.cfg),
+            "--weights",
+            s(&self.weights),
+            "--input-tensor",
+            s(x),
+            "--dump",
+            s(&dump),
+        ])
     }
 
     /// The weights with one change applied, written to a new file.
@@ -213,7 +306,10 @@ fn truncated_weights() {
     let bytes = std::fs::read(&st.weights).unwrap();
     let p = st.dir.join("truncated.safetensors");
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-    assert_clean_error(st.run_with_weights(&p), &["truncated.safetensors", "not a valid safetensors file"]);
+    assert_clean_error(
+        st.run_with_weights(&p),
+        &["truncated.safetensors", "not a valid safetensors file"],
+    );
     std::fs::write(&p, &bytes[..3]).unwrap();
     assert_clean_error(st.run_with_weights(&p), &["too short"]);
 }
@@ -227,54 +323,96 @@ fn corrupt_weights() {
     }
     let p = st.dir.join("corrupt.safetensors");
     std::fs::write(&p, &bytes).unwrap();
-    assert_clean_error(st.run_with_weights(&p), &["corrupt.safetensors", "not a valid safetensors file"]);
+    assert_clean_error(
+        st.run_with_weights(&p),
+        &["corrupt.safetensors", "not a valid safetensors file"],
+    );
 }
 
 #[test]
 fn missing_weights_file() {
     let st = setup("err_missing_file");
-    assert_clean_error(st.run_with_weights(&st.dir.join("nope.safetensors")), &["nope.safetensors"]);
+    assert_clean_error(
+        st.run_with_weights(&st.dir.join("nope.safetensors")),
+        &["nope.safetensors"],
+    );
 }
 
 #[test]
 fn missing_tensor() {
     let st = setup("err_missing_tensor");
-    let p = st.weights_edited("missing.safetensors", |v| v.retain(|t| t.name != "backbone.blocks.1.attn.qkv.weight"));
-    assert_clean_error(st.run_with_weights(&p), &["missing tensor `backbone.blocks.1.attn.qkv.weight`", "[384, 128]"]);
+    let p = st.weights_edited("missing.safetensors", |v| {
+        v.retain(|t| t.name != "backbone.blocks.1.attn.qkv.weight")
+    });
+    assert_clean_error(
+        st.run_with_weights(&p),
+        &[
+            "missing tensor `backbone.blocks.1.attn.qkv.weight`",
+            "[384, 128]",
+        ],
+    );
 }
 
 #[test]
 fn misshaped_tensor() {
     let st = setup("err_misshaped");
     let p = st.weights_edited("misshaped.safetensors", |v| {
-        let t = v.iter_mut().find(|t| t.name == "mano_head.decpose.bias").unwrap();
+        let t = v
+            .iter_mut()
+            .find(|t| t.name == "mano_head.decpose.bias")
+            .unwrap();
         t.shape = vec![48, 2];
     });
-    assert_clean_error(st.run_with_weights(&p), &["`mano_head.decpose.bias`", "[48, 2]", "[96]"]);
+    assert_clean_error(
+        st.run_with_weights(&p),
+        &["`mano_head.decpose.bias`", "[48, 2]", "[96]"],
+    );
 }
 
 #[test]
 fn wrong_dtype() {
     let st = setup("err_dtype");
     let p = st.weights_edited("dtype.safetensors", |v| {
-        let t = v.iter_mut().find(|t| t.name == "backbone.last_norm.weight").unwrap();
+        let t = v
+            .iter_mut()
+            .find(|t| t.name == "backbone.last_norm.weight")
+            .unwrap();
         t.dtype = safetensors::Dtype::I32;
     });
-    assert_clean_error(st.run_with_weights(&p), &["`backbone.last_norm.weight`", "I32", "float"]);
+    assert_clean_error(
+        st.run_with_weights(&p),
+        &["`backbone.last_norm.weight`", "I32", "float"],
+    );
 }
 
 #[test]
 fn extra_tensor() {
     let st = setup("err_extra");
-    let p = st.weights_edited("extra.safetensors", |v| v.push(f32_tensor("backbone.blocks.99.norm1.weight", &[4], &[1.0; 4])));
-    assert_clean_error(st.run_with_weights(&p), &["unexpected tensor `backbone.blocks.99.norm1.weight`", "[4]"]);
+    let p = st.weights_edited("extra.safetensors", |v| {
+        v.push(f32_tensor(
+            "backbone.blocks.99.norm1.weight",
+            &[4],
+            &[1.0; 4],
+        ))
+    });
+    assert_clean_error(
+        st.run_with_weights(&p),
+        &["unexpected tensor `backbone.blocks.99.norm1.weight`", "[4]"],
+    );
 }
 
 #[test]
 fn uncertainty_head_with_a_plain_config() {
     let st = setup("err_type_mismatch");
     let w = tiny_weights_for(Uncertainty::Ours, &st.dir);
-    assert_clean_error(st.run_with_weights(&w), &["unexpected tensor", "look like a `ours` model", "says `none`"]);
+    assert_clean_error(
+        st.run_with_weights(&w),
+        &[
+            "unexpected tensor",
+            "look like a `ours` model",
+            "says `none`",
+        ],
+    );
 }
 
 #[test]
@@ -292,24 +430,56 @@ fn nan_in_input_tensor() {
 fn input_tensor_of_the_wrong_shape_or_name() {
     let st = setup("err_input_shape");
     let p = st.dir.join("small.safetensors");
-    write_all(&p, &[f32_tensor("img", &[1, 3, 64, 64], &vec![0.0; 3 * 64 * 64])]);
-    assert_clean_error(st.run_with_input(&p), &["[1, 3, 64, 64]", "[B, 3, 128, 128]"]);
-    write_all(&p, &[f32_tensor("image", &[1, 3, 64, 64], &vec![0.0; 3 * 64 * 64])]);
+    write_all(
+        &p,
+        &[f32_tensor("img", &[1, 3, 64, 64], &vec![0.0; 3 * 64 * 64])],
+    );
+    assert_clean_error(
+        st.run_with_input(&p),
+        &["[1, 3, 64, 64]", "[B, 3, 128, 128]"],
+    );
+    write_all(
+        &p,
+        &[f32_tensor(
+            "image",
+            &[1, 3, 64, 64],
+            &vec![0.0; 3 * 64 * 64],
+        )],
+    );
     assert_clean_error(st.run_with_input(&p), &["no tensor named `img`"]);
 }
 
 #[test]
 fn unknown_config_field() {
     let st = setup("err_config");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&st.cfg).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&st.cfg).unwrap()).unwrap();
     v["decoder"]["droput"] = serde_json::json!(0.1);
     let bad = st.dir.join("bad.json");
     std::fs::write(&bad, v.to_string()).unwrap();
     let dump = st.dir.join("d.safetensors");
-    let run = infer(&["--config", s(&bad), "--weights", s(&st.weights), "--input-tensor", s(&st.input), "--dump", s(&dump)]);
+    let run = infer(&[
+        "--config",
+        s(&bad),
+        "--weights",
+        s(&st.weights),
+        "--input-tensor",
+        s(&st.input),
+        "--dump",
+        s(&dump),
+    ]);
     assert_clean_error(run, &["bad.json", "unknown field `droput`"]);
     std::fs::write(&bad, "{\"vit\": ").unwrap();
-    let run = infer(&["--config", s(&bad), "--weights", s(&st.weights), "--input-tensor", s(&st.input), "--dump", s(&dump)]);
+    let run = infer(&[
+        "--config",
+        s(&bad),
+        "--weights",
+        s(&st.weights),
+        "--input-tensor",
+        s(&st.input),
+        "--dump",
+        s(&dump),
+    ]);
     assert_clean_error(run, &["bad.json"]);
 }
 
@@ -318,7 +488,16 @@ fn image_errors() {
     let st = setup("err_images");
     let out = st.dir.join("out");
     let run = |img: &Path, boxes: Option<&Path>| {
-        let mut a = vec!["--config", s(&st.cfg), "--weights", s(&st.weights), "--images", s(img), "--out", s(&out)];
+        let mut a = vec![
+            "--config",
+            s(&st.cfg),
+            "--weights",
+            s(&st.weights),
+            "--images",
+            s(img),
+            "--out",
+            s(&out),
+        ];
         if let Some(b) = boxes {
             a.extend(["--boxes", s(b)]);
         }
@@ -329,25 +508,78 @@ fn image_errors() {
     std::fs::write(&fake, "this is not a jpeg").unwrap();
     assert_clean_error(run(&fake, None), &["fake.jpg", "not a readable image"]);
     let boxes = st.dir.join("boxes.json");
-    std::fs::write(&boxes, "{\"crop_src.png\": {\"center\": [1, 2], \"scale\": }").unwrap();
-    assert_clean_error(run(&fixture("crop_src.png"), Some(&boxes)), &["boxes.json", "malformed"]);
-    std::fs::write(&boxes, "{\"other.png\": {\"center\": [1, 2], \"scale\": 1}}").unwrap();
-    assert_clean_error(run(&fixture("crop_src.png"), Some(&boxes)), &["no entry for image \"crop_src.png\""]);
-    assert!(!out.join("crop_src.json").exists(), "nothing is written when an input is bad");
+    std::fs::write(
+        &boxes,
+        "{\"crop_src.png\": {\"center\": [1, 2], \"scale\": }",
+    )
+    .unwrap();
+    assert_clean_error(
+        run(&fixture("crop_src.png"), Some(&boxes)),
+        &["boxes.json", "malformed"],
+    );
+    std::fs::write(
+        &boxes,
+        "{\"other.png\": {\"center\": [1, 2], \"scale\": 1}}",
+    )
+    .unwrap();
+    assert_clean_error(
+        run(&fixture("crop_src.png"), Some(&boxes)),
+        &["no entry for image \"crop_src.png\""],
+    );
+    assert!(
+        !out.join("crop_src.json").exists(),
+        "nothing is written when an input is bad"
+    );
 }
 
 #[test]
 fn bad_flags() {
     let st = setup("err_flags");
-    assert_clean_error(infer(&["--weights", s(&st.weights), "--frobnicate"]), &["--frobnicate"]);
+    assert_clean_error(
+        infer(&["--weights", s(&st.weights), "--frobnicate"]),
+        &["--frobnicate"],
+    );
     assert_clean_error(infer(&["--input-tensor", "x"]), &["--weights"]);
-    assert_clean_error(infer(&["--weights", s(&st.weights)]), &["either --input-tensor"]);
+    assert_clean_error(
+        infer(&["--weights", s(&st.weights)]),
+        &["either --input-tensor"],
+    );
     let dump = st.dir.join("d.safetensors");
-    let base = ["--config", s(&st.cfg), "--weights", s(&st.weights), "--input-tensor", s(&st.input), "--dump", s(&dump)];
-    assert_clean_error(infer(&[&base[..], &["--device", "tpu"]].concat()), &["--device tpu"]);
-    assert_clean_error(infer(&[&base[..], &["--batch", "zero"]].concat()), &["--batch"]);
-    assert_clean_error(infer(&[&base[..], &["--uncertainty", "gaussian"]].concat()), &["unknown uncertainty type \"gaussian\""]);
-    assert_clean_error(infer(&["--config", "nonexistent_preset", "--weights", s(&st.weights), "--input-tensor", "x", "--dump", "y"]), &["nonexistent_preset"]);
+    let base = [
+        "--config",
+        s(&st.cfg),
+        "--weights",
+        s(&st.weights),
+        "--input-tensor",
+        s(&st.input),
+        "--dump",
+        s(&dump),
+    ];
+    assert_clean_error(
+        infer(&[&base[..], &["--device", "tpu"]].concat()),
+        &["--device tpu"],
+    );
+    assert_clean_error(
+        infer(&[&base[..], &["--batch", "zero"]].concat()),
+        &["--batch"],
+    );
+    assert_clean_error(
+        infer(&[&base[..], &["--uncertainty", "gaussian"]].concat()),
+        &["unknown uncertainty type \"gaussian\""],
+    );
+    assert_clean_error(
+        infer(&[
+            "--config",
+            "nonexistent_preset",
+            "--weights",
+            s(&st.weights),
+            "--input-tensor",
+            "x",
+            "--dump",
+            "y",
+        ]),
+        &["nonexistent_preset"],
+    );
 }
 
 #[test]
@@ -357,6 +589,17 @@ fn cuda_device_without_a_gpu_is_a_clean_error() {
     }
     let st = setup("err_cuda");
     let dump = st.dir.join("d.safetensors");
-    let run = infer(&["--config", s(&st.cfg), "--weights", s(&st.weights), "--input-tensor", s(&st.input), "--dump", s(&dump), "--device", "cuda"]);
+    let run = infer(&[
+        "--config",
+        s(&st.cfg),
+        "--weights",
+        s(&st.weights),
+        "--input-tensor",
+        s(&st.input),
+        "--dump",
+        s(&dump),
+        "--device",
+        "cuda",
+    ]);
     assert_clean_error(run, &["cuda:"]);
 }

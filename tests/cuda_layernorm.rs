@@ -13,7 +13,8 @@ use handcov::Error;
 /// cannot exist must be an error in every situation.
 #[test]
 fn backend_new_names_the_cause_and_never_panics() {
-    let first = std::panic::catch_unwind(|| CudaBackend::new(0)).expect("CudaBackend::new(0) panicked");
+    let first =
+        std::panic::catch_unwind(|| CudaBackend::new(0)).expect("CudaBackend::new(0) panicked");
     let expected_cause = if !kernels_built() {
         Some("built without CUDA kernels")
     } else if !driver_present() {
@@ -28,20 +29,29 @@ fn backend_new_names_the_cause_and_never_panics() {
         (Err(e), Some(cause)) => panic!("expected Error::Cuda({cause:?}..), got {e}"),
         (Ok(_), Some(cause)) => panic!("CudaBackend::new(0) succeeded but expected {cause:?}"),
         (Ok(backend), None) => {
-            let name = backend.device_name().expect("device name of an opened device");
+            let name = backend
+                .device_name()
+                .expect("device name of an opened device");
             assert!(!name.is_empty());
         }
         (Err(Error::Cuda(msg)), None) => {
             // Driver present but unusable here (no visible device, driver too old, ...).
-            assert!(msg.contains("device") || msg.contains("driver"), "unhelpful message {msg:?}")
+            assert!(
+                msg.contains("device") || msg.contains("driver"),
+                "unhelpful message {msg:?}"
+            )
         }
         (Err(e), None) => panic!("expected Error::Cuda, got {e}"),
     }
     if let Err(e) = &first {
-        assert!(e.to_string().starts_with("cuda: "), "Display should say where: {e}");
+        assert!(
+            e.to_string().starts_with("cuda: "),
+            "Display should say where: {e}"
+        );
     }
 
-    let absurd = std::panic::catch_unwind(|| CudaBackend::new(1_000_000)).expect("CudaBackend::new panicked");
+    let absurd = std::panic::catch_unwind(|| CudaBackend::new(1_000_000))
+        .expect("CudaBackend::new panicked");
     match absurd {
         Ok(_) => panic!("CUDA device 1000000 cannot exist"),
         Err(Error::Cuda(msg)) => match expected_cause {
@@ -80,7 +90,11 @@ fn backend() -> CudaBackend {
 
 /// `max|a − b| / max|b|` over the tensor (the project's error measure), in f64.
 fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    let diff = got.iter().zip(want).map(|(&a, &b)| (a as f64 - b as f64).abs()).fold(0.0, f64::max);
+    let diff = got
+        .iter()
+        .zip(want)
+        .map(|(&a, &b)| (a as f64 - b as f64).abs())
+        .fold(0.0, f64::max);
     let scale = want.iter().map(|&b| (b as f64).abs()).fold(0.0, f64::max);
     if scale == 0.0 {
         diff
@@ -103,12 +117,21 @@ fn run_gpu(
     let dg = be.htod(gamma).unwrap();
     let db = be.htod(beta).unwrap();
     let mut dout = be.htod(&vec![f32::NAN; rows * cols]).unwrap();
-    be.layernorm_fwd(&dx, &dg, &db, &mut dout, rows, cols, eps).unwrap();
+    be.layernorm_fwd(&dx, &dg, &db, &mut dout, rows, cols, eps)
+        .unwrap();
     be.synchronize().unwrap();
     be.dtoh(&dout).unwrap()
 }
 
-fn check_case(be: &CudaBackend, rng: &mut Rng, rows: usize, cols: usize, eps: f32, center: f32, spread: f32) {
+fn check_case(
+    be: &CudaBackend,
+    rng: &mut Rng,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+    center: f32,
+    spread: f32,
+) {
     let x = rng.vec(rows * cols, center, spread);
     let gamma = rng.vec(cols, 1.0, 0.5);
     let beta = rng.vec(cols, 0.0, 0.5);
@@ -118,7 +141,10 @@ fn check_case(be: &CudaBackend, rng: &mut Rng, rows: usize, cols: usize, eps: f3
     let got = run_gpu(be, &x, &gamma, &beta, rows, cols, eps);
     let case = format!("rows={rows} cols={cols} eps={eps:e} x~{center}±{spread}");
     if let Some(i) = got.iter().position(|v| !v.is_finite()) {
-        panic!("{case}: out[{i}] = {} (element not written, or overflow)", got[i]);
+        panic!(
+            "{case}: out[{i}] = {} (element not written, or overflow)",
+            got[i]
+        );
     }
     let err = rel_err(&got, &want);
     // Tolerance 1e-5: the kernel computes in fp32, the twin's statistics in f64. With the
@@ -126,7 +152,10 @@ fn check_case(be: &CudaBackend, rng: &mut Rng, rows: usize, cols: usize, eps: f3
     // ulps; measured by a host emulation of the kernel). A plain fp32 two-pass reached
     // 1.3e-5 on 384 rows of 3 values at 50 ± 3 (the fp32 mean's rounding, divided by a small
     // row std) in that emulation, and a single-pass E[x²] − E[x]² variance is off by far more.
-    assert!(err <= 1e-5, "{case}: max|gpu − cpu| / max|cpu| = {err:e} > 1e-5");
+    assert!(
+        err <= 1e-5,
+        "{case}: max|gpu − cpu| / max|cpu| = {err:e} > 1e-5"
+    );
 }
 
 #[test]
@@ -181,7 +210,10 @@ fn layernorm_is_deterministic() {
         let beta = rng.vec(cols, 0.0, 0.5);
         let a = run_gpu(&be, &x, &gamma, &beta, rows, cols, 1e-6);
         let b = run_gpu(&be, &x, &gamma, &beta, rows, cols, 1e-6);
-        assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{rows}×{cols}: runs differ");
+        assert!(
+            a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{rows}×{cols}: runs differ"
+        );
     }
 }
 
@@ -199,11 +231,47 @@ fn layernorm_rejects_bad_arguments() {
     let mut small_out = be.htod(&vec![0.0; rows * cols - 1]).unwrap();
 
     let is_input = |r: handcov::Result<()>| matches!(r, Err(Error::Input(_)));
-    assert!(is_input(be.layernorm_fwd(&x, &g, &b, &mut out, rows + 1, cols, 1e-5)));
-    assert!(is_input(be.layernorm_fwd(&x, &short, &b, &mut out, rows, cols, 1e-5)));
-    assert!(is_input(be.layernorm_fwd(&x, &g, &short, &mut out, rows, cols, 1e-5)));
-    assert!(is_input(be.layernorm_fwd(&x, &g, &b, &mut small_out, rows, cols, 1e-5)));
-    assert!(is_input(be.layernorm_fwd(&x, &g, &b, &mut out, rows, cols, f32::NAN)));
-    assert!(is_input(be.layernorm_fwd(&x, &g, &b, &mut out, usize::MAX, 2, 1e-5)));
+    assert!(is_input(be.layernorm_fwd(
+        &x,
+        &g,
+        &b,
+        &mut out,
+        rows + 1,
+        cols,
+        1e-5
+    )));
+    assert!(is_input(
+        be.layernorm_fwd(&x, &short, &b, &mut out, rows, cols, 1e-5)
+    ));
+    assert!(is_input(
+        be.layernorm_fwd(&x, &g, &short, &mut out, rows, cols, 1e-5)
+    ));
+    assert!(is_input(be.layernorm_fwd(
+        &x,
+        &g,
+        &b,
+        &mut small_out,
+        rows,
+        cols,
+        1e-5
+    )));
+    assert!(is_input(be.layernorm_fwd(
+        &x,
+        &g,
+        &b,
+        &mut out,
+        rows,
+        cols,
+        f32::NAN
+    )));
+    assert!(is_input(be.layernorm_fwd(
+        &x,
+        &g,
+        &b,
+        &mut out,
+        usize::MAX,
+        2,
+        1e-5
+    )));
     be.synchronize().unwrap();
 }

@@ -29,16 +29,31 @@ fn check(u: Uncertainty) {
     let mut compared = 0;
     for name in want.names().map(|s| s.to_string()).collect::<Vec<_>>() {
         let w = want.f32(&name, None).unwrap();
-        let got = ours.get(name.as_str()).unwrap_or_else(|| panic!("{}: engine has no output `{name}`", u.name()));
+        let got = ours
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("{}: engine has no output `{name}`", u.name()));
         assert_eq!(got.shape(), w.shape(), "{}: shape of `{name}`", u.name());
         let err = rel_err(got.data(), w.data());
-        let tol = if name == "keypoint_3d_cov" { TOL_COV } else { TOL };
+        let tol = if name == "keypoint_3d_cov" {
+            TOL_COV
+        } else {
+            TOL
+        };
         eprintln!("{:>15} {:<20} rel err {err:.3e}", u.name(), name);
-        assert!(err <= tol, "{}: `{name}` rel err {err:.3e} > {tol:e}", u.name());
+        assert!(
+            err <= tol,
+            "{}: `{name}` rel err {err:.3e} > {tol:e}",
+            u.name()
+        );
         compared += 1;
     }
     let expected = if u == Uncertainty::None { 10 } else { 13 };
-    assert_eq!(compared, expected, "{}: the fixture should hold every output", u.name());
+    assert_eq!(
+        compared,
+        expected,
+        "{}: the fixture should hold every output",
+        u.name()
+    );
 }
 
 #[test]

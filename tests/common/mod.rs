@@ -6,7 +6,9 @@ use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// A fresh scratch directory under the target dir, unique per test.
@@ -19,16 +21,29 @@ pub fn scratch(test: &str) -> PathBuf {
 
 /// Whether the weights of a model with uncertainty `u` include the tensor `name`.
 pub fn needed_by(u: Uncertainty, name: &str) -> bool {
-    if name.starts_with("backbone.") || name.starts_with("mano_head.") || name.starts_with("mano.") {
+    if name.starts_with("backbone.") || name.starts_with("mano_head.") || name.starts_with("mano.")
+    {
         return true;
     }
     match u {
         Uncertainty::None => false,
-        _ if name.starts_with("uncertainty_head.transformer.") || name.starts_with("uncertainty_head.init_") => true,
+        _ if name.starts_with("uncertainty_head.transformer.")
+            || name.starts_with("uncertainty_head.init_") =>
+        {
+            true
+        }
         Uncertainty::Diag => name.starts_with("uncertainty_head.dec3dkeypoint.0."),
-        Uncertainty::Full => name.starts_with("uncertainty_head.dec3dkeypoint_cov.") || name.starts_with("uncertainty_head.dec3dkeypoint_diag."),
-        Uncertainty::Ours => name.starts_with("uncertainty_head.dec3dkeypoint.") && !name.contains(".0.") || name == "out_layer_keypoints_3d.weight",
-        Uncertainty::OursWoLinear => name.starts_with("uncertainty_head.dec3dkeypoint.") && !name.contains(".0."),
+        Uncertainty::Full => {
+            name.starts_with("uncertainty_head.dec3dkeypoint_cov.")
+                || name.starts_with("uncertainty_head.dec3dkeypoint_diag.")
+        }
+        Uncertainty::Ours => {
+            name.starts_with("uncertainty_head.dec3dkeypoint.") && !name.contains(".0.")
+                || name == "out_layer_keypoints_3d.weight"
+        }
+        Uncertainty::OursWoLinear => {
+            name.starts_with("uncertainty_head.dec3dkeypoint.") && !name.contains(".0.")
+        }
     }
 }
 
@@ -36,7 +51,11 @@ pub fn needed_by(u: Uncertainty, name: &str) -> bool {
 pub fn write_subset(src: &Path, dst: &Path, keep: impl Fn(&str) -> bool) {
     let bytes = std::fs::read(src).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = st.iter().filter(|(n, _)| keep(n)).map(|(n, v)| (n.to_string(), v)).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st
+        .iter()
+        .filter(|(n, _)| keep(n))
+        .map(|(n, v)| (n.to_string(), v))
+        .collect();
     let out = safetensors::serialize(views, None).unwrap();
     std::fs::write(dst, out).unwrap();
 }
@@ -44,7 +63,9 @@ pub fn write_subset(src: &Path, dst: &Path, keep: impl Fn(&str) -> bool) {
 /// The `tiny` fixture weights for uncertainty type `u`, written to `dir`.
 pub fn tiny_weights_for(u: Uncertainty, dir: &Path) -> PathBuf {
     let dst = dir.join(format!("tiny_{}.safetensors", u.name()));
-    write_subset(&fixture("tiny_weights.safetensors"), &dst, |n| needed_by(u, n));
+    write_subset(&fixture("tiny_weights.safetensors"), &dst, |n| {
+        needed_by(u, n)
+    });
     dst
 }
 
@@ -67,7 +88,12 @@ pub fn read_all(path: &Path) -> Vec<RawTensor> {
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let mut v: Vec<RawTensor> = st
         .iter()
-        .map(|(n, t)| RawTensor { name: n.to_string(), dtype: t.dtype(), shape: t.shape().to_vec(), data: t.data().to_vec() })
+        .map(|(n, t)| RawTensor {
+            name: n.to_string(),
+            dtype: t.dtype(),
+            shape: t.shape().to_vec(),
+            data: t.data().to_vec(),
+        })
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v
@@ -76,19 +102,36 @@ pub fn read_all(path: &Path) -> Vec<RawTensor> {
 pub fn write_all(path: &Path, tensors: &[RawTensor]) {
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|t| (t.name.clone(), safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap()))
+        .map(|t| {
+            (
+                t.name.clone(),
+                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
+            )
+        })
         .collect();
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
 pub fn f32_tensor(name: &str, shape: &[usize], values: &[f32]) -> RawTensor {
-    RawTensor { name: name.into(), dtype: safetensors::Dtype::F32, shape: shape.to_vec(), data: bytemuck::cast_slice(values).to_vec() }
+    RawTensor {
+        name: name.into(),
+        dtype: safetensors::Dtype::F32,
+        shape: shape.to_vec(),
+        data: bytemuck::cast_slice(values).to_vec(),
+    }
 }
 
 /// Runs the `infer` binary; returns (exit code, stdout, stderr).
 pub fn infer(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_infer")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Asserts that a failed run printed exactly one line, `error: ...` containing every `needle`,
