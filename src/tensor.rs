@@ -130,18 +130,14 @@ impl Tensor {
     /// Mutable values of a host f32 tensor; a mapped tensor is copied into owned storage first.
     pub fn data_mut(&mut self) -> &mut [f32] {
         let Storage::Host(h) = &mut self.storage;
-        if let HostData::Mapped { .. } = h {
-            let owned = match h {
-                HostData::Mapped { map, offset, len } => {
-                    bytemuck::cast_slice::<u8, f32>(&map[*offset..*offset + 4 * *len]).to_vec()
-                }
-                HostData::Owned(_) => unreachable!(),
-            };
+        if let HostData::Mapped { map, offset, len } = h {
+            let owned = bytemuck::cast_slice::<u8, f32>(&map[*offset..*offset + 4 * *len]).to_vec();
             *h = HostData::Owned(owned);
         }
         match h {
             HostData::Owned(v) => v,
-            HostData::Mapped { .. } => unreachable!(),
+            // Replaced by owned storage just above.
+            HostData::Mapped { .. } => &mut [],
         }
     }
 

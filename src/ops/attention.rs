@@ -86,6 +86,7 @@ pub fn self_attention_packed_cpu(
 
 /// CPU twin of the decoder cross-attention: one query per sample. `q` is `[b, h·d]`, `kv` is
 /// `[b, t, 2·h·d]` (keys in the first `h·d` features, values in the second), `out` is `[b, h·d]`.
+#[allow(clippy::too_many_arguments)]
 pub fn cross_attention_1q_cpu(
     q: &[f32],
     kv: &[f32],
