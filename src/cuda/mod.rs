@@ -6,7 +6,16 @@
 //! `$OUT_DIR/kernels.rs` (`PTX_MODULES`, `KERNELS_BUILT`). A build without nvcc has an empty
 //! table; [`CudaBackend::new`] then fails with a clear error, and everything runs on the CPU twins.
 
+mod attention;
+mod covariance;
+mod elementwise;
+mod gemm;
 mod layernorm;
+mod mano;
+
+pub use covariance::*;
+pub use gemm::*;
+pub use mano::*;
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -19,6 +28,45 @@ use cudarc::nvrtc::Ptx;
 use crate::error::{Error, Result};
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+
+/// Element types the kernels come in. Activations fed to GEMMs are f32 (`--precision fp32`)
+/// or bf16 (`--precision bf16`); statistics, the residual stream, MANO and covariance stay f32.
+/// A launcher picks the kernel `<op>_<fwd|bwd>_<T::NAME>`.
+pub trait Dtype: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy + Default + Send + Sync + 'static {
+    /// Kernel-name suffix: "f32" or "bf16".
+    const NAME: &'static str;
+    fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl Dtype for f32 {
+    const NAME: &'static str = "f32";
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Dtype for half::bf16 {
+    const NAME: &'static str = "bf16";
+    fn from_f32(x: f32) -> Self {
+        half::bf16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+}
+
+/// Picks the kernel name for dtype `T` among an op's static names.
+pub(crate) fn by_dtype<T: Dtype>(f32_name: &'static str, bf16_name: &'static str) -> &'static str {
+    if T::NAME == "f32" {
+        f32_name
+    } else {
+        bf16_name
+    }
+}
 
 /// Whether this build embeds the CUDA kernels (nvcc was found at build time).
 pub fn kernels_built() -> bool {
