@@ -276,25 +276,62 @@ impl HandModel {
                 })
             }
         };
-        let rot = rot.into_vec();
-        let split = 9 * 16;
+        Prediction::assemble(
+            &self.config,
+            RawOutputs {
+                tokens,
+                pose6d: mp.pose6d,
+                rotmats: rot,
+                betas: mp.betas,
+                cam: mp.cam,
+                cam_t: pred_cam_t,
+                keypoints_3d: pred_keypoints_3d,
+                keypoints_2d: pred_keypoints_2d,
+                vertices: pred_vertices,
+            },
+            uncertainty,
+        )
+    }
+}
+
+/// The outputs of a forward pass before they are arranged as a [`Prediction`] (shared by the
+/// CPU and GPU paths).
+pub struct RawOutputs {
+    /// `[B, T, C]` after `last_norm`.
+    pub tokens: Tensor,
+    pub pose6d: Tensor,
+    /// `[B, 16, 3, 3]`
+    pub rotmats: Tensor,
+    pub betas: Tensor,
+    pub cam: Tensor,
+    pub cam_t: Tensor,
+    pub keypoints_3d: Tensor,
+    pub keypoints_2d: Tensor,
+    pub vertices: Tensor,
+}
+
+impl Prediction {
+    /// Arranges raw outputs under the dump names and shapes (feature map, split rotations).
+    pub fn assemble(config: &ModelConfig, raw: RawOutputs, uncertainty: Option<UncertaintyOutput>) -> Result<Prediction> {
+        let b = raw.rotmats.dim(0);
+        let rot = raw.rotmats.into_vec();
         let mut go = Vec::with_capacity(b * 9);
         let mut hp = Vec::with_capacity(b * 135);
-        for r in rot.chunks(split) {
+        for r in rot.chunks(16 * 9) {
             go.extend_from_slice(&r[..9]);
             hp.extend_from_slice(&r[9..]);
         }
         Ok(Prediction {
-            backbone_features: tokens_to_map(&tokens, self.config.grid())?,
-            pose6d: mp.pose6d,
+            backbone_features: tokens_to_map(&raw.tokens, config.grid())?,
+            pose6d: raw.pose6d,
             global_orient: Tensor::from_vec(&[b, 1, 3, 3], go)?,
             hand_pose: Tensor::from_vec(&[b, 15, 3, 3], hp)?,
-            betas: mp.betas,
-            pred_cam: mp.cam,
-            pred_cam_t,
-            pred_keypoints_3d,
-            pred_keypoints_2d,
-            pred_vertices,
+            betas: raw.betas,
+            pred_cam: raw.cam,
+            pred_cam_t: raw.cam_t,
+            pred_keypoints_3d: raw.keypoints_3d,
+            pred_keypoints_2d: raw.keypoints_2d,
+            pred_vertices: raw.vertices,
             uncertainty,
         })
     }
