@@ -4,6 +4,7 @@
 //! Data flows one way: `bin` → `model` → `ops` → (`cuda` | CPU twin).
 
 pub mod cuda;
+pub mod engine;
 pub mod error;
 pub mod infer;
 pub mod model;

@@ -1,6 +1,7 @@
 //! `infer`: run the model on a normalised input tensor (tensor mode) or on images (image mode).
 //! See `infer --help`.
 
+use handcov::engine::{DeviceChoice, Engine, Precision};
 use handcov::error::{Error, Result};
 use handcov::infer::{
     boxes_for, collect_images, hand_json, hand_vertices, load_image, make_crop, obj_text,
@@ -30,7 +31,10 @@ OPTIONS:
   --mano M.safetensors    take the MANO model from this file (see weights/README.md)
   --allow-extra           accept tensors in the weights that the model does not use (by
                           default each one is an error, which catches a wrong config)
-  --device cpu|cuda       default cpu
+  --device cpu|cuda|auto  default auto: the GPU when one is usable, else the CPU
+  --precision fp32|bf16   GPU numerics (default fp32, TF32 off; bf16: bf16 weights and
+                          activations with fp32 accumulation, statistics, MANO and covariance)
+  --cuda-graph            replay the GPU forward as a CUDA graph per batch size
   --threads N             CPU threads (default: all cores)
   --batch N               hands per forward pass in image mode (default 8)
   --repeat N              tensor mode: time N forward passes after one warm-up and print the
@@ -44,6 +48,8 @@ struct Args {
     weights: PathBuf,
     mano: Option<PathBuf>,
     device: String,
+    precision: String,
+    cuda_graph: bool,
     threads: Option<usize>,
     input_tensor: Option<PathBuf>,
     dump: Option<PathBuf>,
@@ -80,7 +86,9 @@ fn parse_args() -> Result<Option<Args>> {
         uncertainty: opt(&mut p, "--uncertainty")?,
         weights: p.value_from_str("--weights").map_err(arg_err)?,
         mano: opt(&mut p, "--mano")?,
-        device: opt(&mut p, "--device")?.unwrap_or_else(|| "cpu".to_string()),
+        device: opt(&mut p, "--device")?.unwrap_or_else(|| "auto".to_string()),
+        precision: opt(&mut p, "--precision")?.unwrap_or_else(|| "fp32".to_string()),
+        cuda_graph: p.contains("--cuda-graph"),
         threads: opt(&mut p, "--threads")?,
         input_tensor: opt(&mut p, "--input-tensor")?,
         dump: opt(&mut p, "--dump")?,
@@ -124,7 +132,7 @@ fn load_model(args: &Args) -> Result<HandModel> {
     HandModel::load_with(config, &weights, mano.as_ref(), extra)
 }
 
-fn run_tensor_mode(model: &HandModel, input: &Path, dump: &Path, repeat: usize) -> Result<()> {
+fn run_tensor_mode(engine: &mut Engine, input: &Path, dump: &Path, repeat: usize) -> Result<()> {
     let file = TensorFile::open(input)?;
     if !file.contains("img") {
         return Err(Error::Input(format!(
@@ -133,18 +141,19 @@ fn run_tensor_mode(model: &HandModel, input: &Path, dump: &Path, repeat: usize) 
         )));
     }
     let img = file.f32("img", None)?;
-    let mut pred = model.forward(&img)?;
+    let mut pred = engine.forward(&img)?;
     if repeat > 0 {
         let b = img.dim(0) as f64;
         let mut ms = Vec::with_capacity(repeat);
         for _ in 0..repeat {
             let t0 = std::time::Instant::now();
-            pred = model.forward(&img)?;
+            pred = engine.forward(&img)?;
             ms.push(t0.elapsed().as_secs_f64() * 1e3 / b);
         }
         ms.sort_by(f64::total_cmp);
         println!(
-            "{{\"engine\": \"handcov-cpu\", \"batch\": {}, \"threads\": {}, \"runs\": {repeat}, \"median_ms_per_image\": {:.1}, \"min_ms_per_image\": {:.1}}}",
+            "{{\"engine\": \"handcov\", \"device\": \"{}\", \"batch\": {}, \"threads\": {}, \"runs\": {repeat}, \"median_ms_per_image\": {:.3}, \"min_ms_per_image\": {:.3}}}",
+            engine.describe(),
             img.dim(0),
             rayon::current_num_threads(),
             ms[ms.len() / 2],
@@ -154,14 +163,15 @@ fn run_tensor_mode(model: &HandModel, input: &Path, dump: &Path, repeat: usize) 
     let mut meta = std::collections::HashMap::new();
     meta.insert(
         "uncertainty".to_string(),
-        model.config.uncertainty.name().to_string(),
+        engine.model().config.uncertainty.name().to_string(),
     );
+    meta.insert("device".to_string(), engine.describe());
     save_f32(dump, &pred.named(), Some(meta))?;
     eprintln!("wrote {} ({} samples)", dump.display(), img.dim(0));
     Ok(())
 }
 
-fn run_image_mode(model: &HandModel, args: &Args, out_dir: &Path) -> Result<()> {
+fn run_image_mode(engine: &mut Engine, args: &Args, out_dir: &Path) -> Result<()> {
     let images = collect_images(&args.images)?;
     let boxes = match &args.boxes {
         Some(p) => {
@@ -171,7 +181,7 @@ fn run_image_mode(model: &HandModel, args: &Args, out_dir: &Path) -> Result<()> 
         None => None,
     };
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    let size = model.config.image_size;
+    let size = engine.model().config.image_size;
     // Load and crop everything first, so that a bad image fails before any work is written.
     let mut loaded = Vec::with_capacity(images.len());
     let mut hands: Vec<HandCrop> = Vec::new();
@@ -186,7 +196,8 @@ fn run_image_mode(model: &HandModel, args: &Args, out_dir: &Path) -> Result<()> 
     let mut objs: Vec<Vec<String>> = vec![Vec::new(); images.len()];
     for chunk in hands.chunks(args.batch) {
         let refs: Vec<&HandCrop> = chunk.iter().collect();
-        let pred = model.forward(&stack(&refs, size)?)?;
+        let pred = engine.forward(&stack(&refs, size)?)?;
+        let model = engine.model();
         for (k, hand) in chunk.iter().enumerate() {
             let v = hand_json(model, &pred, k, hand, &loaded[hand.image_index]);
             if args.obj {
@@ -209,7 +220,7 @@ fn run_image_mode(model: &HandModel, args: &Args, out_dir: &Path) -> Result<()> 
             "image": path.to_string_lossy(),
             "width": loaded[i].width,
             "height": loaded[i].height,
-            "uncertainty": model.config.uncertainty.name(),
+            "uncertainty": engine.model().config.uncertainty.name(),
             "hands": results[i],
         });
         let text = serde_json::to_string(&doc)
@@ -245,28 +256,16 @@ fn run() -> Result<()> {
             "give either --input-tensor X --dump OUT (tensor mode) or --images ... --out DIR (image mode); see --help".into(),
         ));
     }
-    match args.device.as_str() {
-        "cpu" => {}
-        "cuda" => {
-            handcov::cuda::CudaBackend::new(0)?;
-            return Err(Error::Cuda(
-                "the CUDA inference path is not implemented yet; use --device cpu".into(),
-            ));
-        }
-        other => {
-            return Err(Error::Input(format!(
-                "--device {other}: expected cpu or cuda"
-            )))
-        }
-    }
-    let model = load_model(&args)?;
+    let device = DeviceChoice::parse(&args.device)?;
+    let precision = Precision::parse(&args.precision)?;
+    let mut engine = Engine::new(load_model(&args)?, device, precision, args.cuda_graph)?;
     if tensor_mode {
         let (Some(input), Some(dump)) = (&args.input_tensor, &args.dump) else {
             return Err(Error::Input(
                 "tensor mode needs both --input-tensor and --dump".into(),
             ));
         };
-        run_tensor_mode(&model, input, dump, args.repeat)
+        run_tensor_mode(&mut engine, input, dump, args.repeat)
     } else {
         let Some(out) = &args.out else {
             return Err(Error::Input("image mode needs --out DIR".into()));
@@ -276,7 +275,7 @@ fn run() -> Result<()> {
                 "image mode needs at least one --images FILE_OR_DIR".into(),
             ));
         }
-        run_image_mode(&model, &args, out)
+        run_image_mode(&mut engine, &args, out)
     }
 }
 

@@ -9,11 +9,12 @@
 mod attention;
 mod covariance;
 mod elementwise;
+mod forward;
 mod gemm;
 mod layernorm;
 mod mano;
 
-pub use covariance::*;
+pub use forward::{GpuModel, GpuOutputs};
 pub use gemm::*;
 pub use mano::*;
 
@@ -32,7 +33,15 @@ include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 /// Element types the kernels come in. Activations fed to GEMMs are f32 (`--precision fp32`)
 /// or bf16 (`--precision bf16`); statistics, the residual stream, MANO and covariance stay f32.
 /// A launcher picks the kernel `<op>_<fwd|bwd>_<T::NAME>`.
-pub trait Dtype: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy + Default + Send + Sync + 'static {
+pub trait Dtype:
+    cudarc::driver::DeviceRepr
+    + cudarc::driver::ValidAsZeroBits
+    + Copy
+    + Default
+    + Send
+    + Sync
+    + 'static
+{
     /// Kernel-name suffix: "f32" or "bf16".
     const NAME: &'static str;
     fn from_f32(x: f32) -> Self;

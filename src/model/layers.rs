@@ -7,14 +7,32 @@ use crate::ops::layernorm::layernorm_fwd_cpu;
 use crate::ops::linear::{linear_cpu, Epilogue};
 use crate::tensor::Tensor;
 
-/// Takes tensors from a file under a name prefix (`backbone.blocks.3.` …).
+/// Where a model's tensors come from: a weights file, or a generator of random weights (tests,
+/// benchmarks).
+pub trait TensorSource {
+    /// The f32 tensor `name` of exactly `shape`.
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// Marks a tensor the model deliberately ignores.
+    fn skip(&self, _name: &str) {}
+}
+
+impl TensorSource for TensorFile {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.f32(name, Some(shape))
+    }
+    fn skip(&self, name: &str) {
+        TensorFile::skip(self, name)
+    }
+}
+
+/// Takes tensors from a source under a name prefix (`backbone.blocks.3.` …).
 pub struct Loader<'a> {
-    pub file: &'a TensorFile,
+    pub file: &'a dyn TensorSource,
     pub prefix: String,
 }
 
 impl<'a> Loader<'a> {
-    pub fn new(file: &'a TensorFile, prefix: &str) -> Loader<'a> {
+    pub fn new(file: &'a dyn TensorSource, prefix: &str) -> Loader<'a> {
         Loader {
             file,
             prefix: prefix.to_string(),
@@ -34,7 +52,7 @@ impl<'a> Loader<'a> {
     }
 
     pub fn tensor(&self, leaf: &str, shape: &[usize]) -> Result<Tensor> {
-        self.file.f32(&self.name(leaf), Some(shape))
+        self.file.tensor(&self.name(leaf), shape)
     }
 
     pub fn linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
@@ -122,5 +140,71 @@ impl LayerNorm {
 pub fn add_assign(a: &mut Tensor, b: &Tensor) {
     for (x, y) in a.data_mut().iter_mut().zip(b.data()) {
         *x += y;
+    }
+}
+
+/// Random weights of plausible scale for any tensor a model asks for, by name: LayerNorm
+/// weights 1 and biases 0, linear weights and biases `U(±1/√fan_in)` (PyTorch's default),
+/// embeddings `N(0, 0.02)`-like, the mean parameters of the MANO head an identity pose, zero
+/// betas and camera (0.9, 0, 0). Deterministic for a seed (a counter-based generator keyed by
+/// the seed and the tensor's name). For benchmarks and tests at sizes no file is shipped for.
+pub struct RandomWeights {
+    pub seed: u64,
+}
+
+impl RandomWeights {
+    fn uniform(&self, name: &str, n: usize, bound: f32) -> Vec<f32> {
+        let mut h = self.seed ^ 0x9e37_79b9_7f4a_7c15;
+        for b in name.bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        (0..n as u64)
+            .map(|i| {
+                // SplitMix64 of (name hash, index): independent of evaluation order.
+                let mut z = h.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                let u = (z >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+                (2.0 * u - 1.0) * bound
+            })
+            .collect()
+    }
+}
+
+impl TensorSource for RandomWeights {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let leaf = name.rsplit('.').next().unwrap_or(name);
+        let is_norm = name.contains("norm");
+        let values = if name.ends_with("init_hand_pose") {
+            (0..n)
+                .map(|i| if i % 6 == 0 || i % 6 == 4 { 1.0 } else { 0.0 })
+                .collect()
+        } else if name.ends_with("init_betas") {
+            vec![0.0; n]
+        } else if name.ends_with("init_cam") {
+            (0..n).map(|i| if i == 0 { 0.9 } else { 0.0 }).collect()
+        } else if is_norm && leaf == "weight" {
+            vec![1.0; n]
+        } else if is_norm && leaf == "bias" {
+            vec![0.0; n]
+        } else if leaf == "pos_embed" || leaf == "pos_embedding" {
+            self.uniform(name, n, 0.035)
+        } else {
+            // Linear / conv weights [out, in, ...] and their biases: U(±1/√fan_in); the
+            // readouts of the heads are scaled down so rotations and variances stay moderate.
+            let fan_in = if shape.len() >= 2 {
+                shape[1..].iter().product::<usize>()
+            } else {
+                shape[0]
+            };
+            let mut bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+            if name.contains("dec") && !name.contains("transformer") {
+                bound *= 0.1;
+            }
+            self.uniform(name, n, bound)
+        };
+        Tensor::from_vec(shape, values)
     }
 }

@@ -134,15 +134,17 @@ impl HandModel {
         HandModel::load_with(config, weights, mano_file, ExtraTensors::Error)
     }
 
-    /// [`HandModel::load`] with a choice of what unused tensors mean.
-    pub fn load_with(
-        config: ModelConfig,
-        weights: &TensorFile,
-        mano_file: Option<&TensorFile>,
-        extra: ExtraTensors,
-    ) -> Result<HandModel> {
+    /// A model with random weights ([`layers::RandomWeights`]) and the MANO model of `mano_file`,
+    /// for benchmarks and tests at sizes no weights file is shipped for.
+    pub fn random(config: ModelConfig, mano_file: &TensorFile, seed: u64) -> Result<HandModel> {
         config.validate()?;
-        let root = Loader::new(weights, "");
+        let src = layers::RandomWeights { seed };
+        HandModel::build(config, &src, Mano::load(mano_file)?)
+    }
+
+    /// The modules, from any tensor source.
+    fn build(config: ModelConfig, src: &dyn layers::TensorSource, mano: Mano) -> Result<HandModel> {
+        let root = Loader::new(src, "");
         let backbone = Vit::load(&config, &root.sub("backbone"))?;
         let mano_head = ManoHead::load(&config, &root.sub("mano_head"))?;
         let uncertainty_head = match config.uncertainty {
@@ -156,6 +158,24 @@ impl HandModel {
             Uncertainty::Ours => Some(root.tensor("out_layer_keypoints_3d.weight", &[DIM, DIM])?),
             _ => None,
         };
+        Ok(HandModel {
+            config,
+            backbone,
+            mano_head,
+            uncertainty_head,
+            out_layer_keypoints_3d,
+            mano,
+        })
+    }
+
+    /// [`HandModel::load`] with a choice of what unused tensors mean.
+    pub fn load_with(
+        config: ModelConfig,
+        weights: &TensorFile,
+        mano_file: Option<&TensorFile>,
+        extra: ExtraTensors,
+    ) -> Result<HandModel> {
+        config.validate()?;
         let mano = match mano_file {
             Some(m) => {
                 let mano = Mano::load(m)?;
@@ -171,6 +191,7 @@ impl HandModel {
                 other => other,
             })?,
         };
+        let model = HandModel::build(config, weights, mano)?;
         let unused: Vec<String> = match extra {
             ExtraTensors::Error => weights
                 .unused()
@@ -181,11 +202,11 @@ impl HandModel {
         };
         if let Some(first) = unused.first() {
             let detected = detect_uncertainty(weights);
-            let hint = if detected != config.uncertainty {
+            let hint = if detected != model.config.uncertainty {
                 format!(
                     "; the weights look like a `{}` model but the config says `{}`",
                     detected.name(),
-                    config.uncertainty.name()
+                    model.config.uncertainty.name()
                 )
             } else {
                 String::new()
@@ -206,14 +227,7 @@ impl HandModel {
                 )));
             }
         }
-        Ok(HandModel {
-            config,
-            backbone,
-            mano_head,
-            uncertainty_head,
-            out_layer_keypoints_3d,
-            mano,
-        })
+        Ok(model)
     }
 
     /// Checks a model input: `[B, 3, S, S]` with every value finite.
@@ -312,7 +326,11 @@ pub struct RawOutputs {
 
 impl Prediction {
     /// Arranges raw outputs under the dump names and shapes (feature map, split rotations).
-    pub fn assemble(config: &ModelConfig, raw: RawOutputs, uncertainty: Option<UncertaintyOutput>) -> Result<Prediction> {
+    pub fn assemble(
+        config: &ModelConfig,
+        raw: RawOutputs,
+        uncertainty: Option<UncertaintyOutput>,
+    ) -> Result<Prediction> {
         let b = raw.rotmats.dim(0);
         let rot = raw.rotmats.into_vec();
         let mut go = Vec::with_capacity(b * 9);
