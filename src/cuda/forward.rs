@@ -420,6 +420,13 @@ impl<T: Dtype> GpuModel<T> {
     /// Runs the model on `img` (`[b, 3, S, S]` normalised crops, host memory) and copies every
     /// output back.
     pub fn forward(&mut self, img: &[f32], b: usize) -> Result<GpuOutputs> {
+        self.launch(img, b)?;
+        self.download()
+    }
+
+    /// Copies the input and queues the forward (eagerly, or as the captured graph) without
+    /// waiting for it and without copying outputs back: what a throughput benchmark times.
+    pub fn launch(&mut self, img: &[f32], b: usize) -> Result<()> {
         let s = self.cfg.image_size;
         if b == 0 || img.len() != b * 3 * s * s {
             return Err(Error::Input(format!(
@@ -449,7 +456,7 @@ impl<T: Dtype> GpuModel<T> {
             }
             (_, false) => self.enqueue()?,
         }
-        self.download()
+        Ok(())
     }
 
     /// Captures the launch sequence for the current workspace into a CUDA graph.

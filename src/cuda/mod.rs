@@ -7,16 +7,19 @@
 //! table; [`CudaBackend::new`] then fails with a clear error, and everything runs on the CPU twins.
 
 mod attention;
+pub mod bench;
 mod covariance;
 mod elementwise;
 mod forward;
 mod gemm;
 mod layernorm;
 mod mano;
+mod timing;
 
 pub use forward::{GpuModel, GpuOutputs};
 pub use gemm::*;
 pub use mano::*;
+pub use timing::{Timer, Timings};
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -189,6 +192,18 @@ impl CudaBackend {
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Another handle on the same context and stream (module caches start empty): work queued
+    /// through either is ordered on the one stream.
+    pub fn share(&self) -> CudaBackend {
+        CudaBackend {
+            ctx: self.ctx.clone(),
+            stream: self.stream.clone(),
+            num_sms: self.num_sms,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".

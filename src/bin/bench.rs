@@ -1,0 +1,180 @@
+//! `bench`: kernel and whole-forward benchmarks on the GPU (see `bench --help`).
+
+use handcov::cuda::bench::{Bench, BenchRow};
+use handcov::cuda::CudaBackend;
+use handcov::error::{Error, Result};
+use handcov::model::config::{ModelConfig, Uncertainty};
+use handcov::model::mano::{Mano, NUM_BETAS};
+use handcov::model::weights::TensorFile;
+use handcov::model::HandModel;
+use handcov::ops::mano::ManoData;
+use std::io::Write;
+use std::path::PathBuf;
+
+const HELP: &str = "\
+bench: time handcov's CUDA kernels and whole forward on GPU 0
+
+USAGE:
+  bench [--json OUT.jsonl] [--batch 1,16,64] [--precision fp32,bf16] [--runs N] [--warmup N]
+        [--mano FILE] [--mano-batch N] [--skip-kernels] [--skip-forward]
+
+Every figure is a median over --runs (default 50) CUDA-event timings after --warmup (default 10)
+runs, each run starting with a cold L2 (256 MiB overwritten in between). Kernels are measured at
+the hamer shapes of each batch; the forward is the hamer preset with the `ours` head and random
+weights (MANO from --mano, default tests/fixtures/tiny_weights.safetensors, 778 vertices), run as
+a CUDA graph. Ceilings measured first on the same device: device-to-device copy bandwidth and
+cuBLASLt GEMM throughput (fp32 without TF32, bf16) at 8192³.
+";
+
+/// SPEC §11: ≈ 127.1 G multiply-accumulates per image for an uncertainty variant.
+const GFLOP_PER_IMAGE: f64 = 254.2;
+
+fn list<T: std::str::FromStr>(s: &str, flag: &str) -> Result<Vec<T>> {
+    s.split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<T>()
+                .map_err(|_| Error::Input(format!("{flag}: cannot parse {v:?}")))
+        })
+        .collect()
+}
+
+fn print_row(r: &BenchRow) {
+    let opt = |v: Option<f64>, unit: &str| v.map(|x| format!("{x:.1} {unit}")).unwrap_or_default();
+    println!(
+        "{:<8} {:<26} {:<5} {:>5} {:>10.4} ms  {:>14} {:>14} {:>8} {:>14} {:>12}",
+        r.kind,
+        r.kernel,
+        r.mode,
+        r.batch,
+        r.median_ms,
+        opt(r.gbps, "GB/s"),
+        opt(r.tflops, "TFLOP/s"),
+        r.frac_of_ceiling
+            .map(|f| format!("{:.0}%", 100.0 * f))
+            .unwrap_or_default(),
+        opt(r.images_per_s, "img/s"),
+        opt(r.peak_mem_mib, "MiB"),
+    );
+}
+
+fn run() -> Result<()> {
+    let mut p = pico_args::Arguments::from_env();
+    if p.contains(["-h", "--help"]) {
+        print!("{HELP}");
+        return Ok(());
+    }
+    let arg = |e: pico_args::Error| Error::Input(format!("{e} (see --help)"));
+    let json: Option<PathBuf> = p.opt_value_from_str("--json").map_err(arg)?;
+    let batches: Vec<usize> = list(
+        &p.opt_value_from_str::<_, String>("--batch")
+            .map_err(arg)?
+            .unwrap_or_else(|| "1,16,64".into()),
+        "--batch",
+    )?;
+    let precisions: Vec<String> = list(
+        &p.opt_value_from_str::<_, String>("--precision")
+            .map_err(arg)?
+            .unwrap_or_else(|| "fp32,bf16".into()),
+        "--precision",
+    )?;
+    let runs: usize = p.opt_value_from_str("--runs").map_err(arg)?.unwrap_or(50);
+    let warmup: usize = p.opt_value_from_str("--warmup").map_err(arg)?.unwrap_or(10);
+    let mano_path: PathBuf = p
+        .opt_value_from_str("--mano")
+        .map_err(arg)?
+        .unwrap_or_else(|| "tests/fixtures/tiny_weights.safetensors".into());
+    let mano_batch: usize = p
+        .opt_value_from_str("--mano-batch")
+        .map_err(arg)?
+        .unwrap_or(1024);
+    let skip_kernels = p.contains("--skip-kernels");
+    let skip_forward = p.contains("--skip-forward");
+    if let Some(a) = p.finish().first() {
+        return Err(Error::Input(format!(
+            "unexpected argument {a:?} (see --help)"
+        )));
+    }
+    if batches.is_empty() || batches.contains(&0) || runs == 0 {
+        return Err(Error::Input(
+            "--batch values and --runs must be at least 1".into(),
+        ));
+    }
+    for pr in &precisions {
+        if pr != "fp32" && pr != "bf16" {
+            return Err(Error::Input(format!(
+                "--precision {pr}: expected fp32 or bf16"
+            )));
+        }
+    }
+    let mano_file = TensorFile::open(&mano_path)?;
+    let mano = Mano::load(&mano_file)?;
+    let be = CudaBackend::new(0)?;
+    let mut bench = Bench::new(&be, warmup, runs)?;
+    let mut rows: Vec<BenchRow> = Vec::new();
+    println!("device: {}", bench.device);
+    let emit = |r: BenchRow, rows: &mut Vec<BenchRow>| {
+        print_row(&r);
+        rows.push(r);
+    };
+    for r in bench.ceilings()? {
+        emit(r, &mut rows);
+    }
+    if !skip_kernels {
+        let data = ManoData {
+            num_verts: mano.num_verts(),
+            num_betas: NUM_BETAS,
+            v_template: mano.v_template.data(),
+            shapedirs: mano.shapedirs.data(),
+            posedirs: mano.posedirs.data(),
+            j_regressor: mano.j_regressor.data(),
+            lbs_weights: mano.lbs_weights.data(),
+            parents: &mano.parents,
+            tips: &mano.tips,
+        };
+        for &b in &batches {
+            for pr in &precisions {
+                let got = if pr == "fp32" {
+                    bench.kernels::<f32>(b, &data, mano_batch)?
+                } else {
+                    bench.kernels::<half::bf16>(b, &data, mano_batch)?
+                };
+                for r in got {
+                    emit(r, &mut rows);
+                }
+            }
+        }
+    }
+    if !skip_forward {
+        let mut cfg = ModelConfig::hamer();
+        cfg.uncertainty = Uncertainty::Ours;
+        let model = HandModel::random(cfg, &mano_file, 1)?;
+        for &b in &batches {
+            for pr in &precisions {
+                let r = if pr == "fp32" {
+                    bench.forward::<f32>(&model, b, GFLOP_PER_IMAGE)?
+                } else {
+                    bench.forward::<half::bf16>(&model, b, GFLOP_PER_IMAGE)?
+                };
+                emit(r, &mut rows);
+            }
+        }
+    }
+    if let Some(path) = json {
+        let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        for r in &rows {
+            let line = serde_json::to_string(r)
+                .map_err(|e| Error::Input(format!("cannot encode a result: {e}")))?;
+            writeln!(f, "{line}").map_err(|e| Error::io(&path, e))?;
+        }
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+}
