@@ -1,11 +1,22 @@
-// layernorm.cu — LayerNorm forward over the last dimension (PyTorch nn.LayerNorm semantics):
+// layernorm.cu — LayerNorm forward over the last dimension (PyTorch nn.LayerNorm semantics), and
+// the same fused with the residual add that precedes every pre-norm LayerNorm:
 //
-//     y[r, c] = (x[r, c] - mean_r) * rstd_r * gamma[c] + beta[c]
+//     layernorm_fwd_{f32,bf16}:      y = LN(x)
+//     add_layernorm_fwd_{f32,bf16}:  x += r (in place, fp32),  then  y = LN(x)
+//
+//     LN(x)[r, c] = (x[r, c] - mean_r) * rstd_r * gamma[c] + beta[c]
 //     mean_r  = sum_c x[r, c] / cols
 //     var_r   = sum_c (x[r, c] - mean_r)^2 / cols          (biased variance)
 //     rstd_r  = 1 / sqrt(var_r + eps)
 //
-// CPU twin: layernorm_fwd_cpu in src/ops/layernorm.rs. Launcher: src/cuda/layernorm.rs.
+// x, r, gamma, beta and all statistics are fp32 (x is the fp32 residual stream, r a GEMM output
+// in fp32). y is fp32 (_f32) or bf16 (_bf16: the input of a bf16 GEMM; each output is computed
+// in fp32 exactly as in _f32 and then rounded to nearest even, see bf16.cuh). The fused add is
+// one fp32 addition per element, x[c] + r[c], written back to x before the row's statistics are
+// taken from the sum, so x is read once, r once, and x written once.
+//
+// CPU twins: layernorm_fwd_cpu in src/ops/layernorm.rs (after r is added, for the fused kernels;
+// after rounding to bf16, for the bf16 outputs). Launchers: src/cuda/layernorm.rs.
 //
 // Numerics: the corrected two-pass algorithm (Chan, Golub & LeVeque 1983) in fp32, over values
 // the row already holds in registers or shared memory:
@@ -21,37 +32,44 @@
 // catastrophically. Reductions are fixed shuffle trees (no atomics), so the result is bitwise
 // deterministic for a given launch configuration.
 //
-// How the work is split (one kernel, two paths, chosen from cols inside the kernel, uniform
-// over the grid so there is no divergence):
+// How the work is split (the same for all four kernels; two paths, chosen from cols inside the
+// kernel, uniform over the grid so there is no divergence):
 //
 //   Warp path, cols <= LN_WARP_MAX_COLS (1280; covers the ViT, cols = 1280, and the decoder,
 //   cols = 1024). One warp owns one row; a block of blockDim.x threads holds blockDim.x / 32
 //   rows, and the grid strides over rows if it has fewer warps than rows. Each lane loads its
 //   part of the row into registers once (V float4 = 4V floats per lane, V = 10 for 1280 columns,
-//   8 for 1024), so x is read from global memory exactly once:
-//     - float4 layout when cols % 4 == 0 and all four pointers are 16-byte aligned:
-//       lane l holds columns 4*(l + 32*i) .. +3, i = 0..V-1 (each i is one coalesced 512-byte
-//       warp transaction);
+//   8 for 1024), so x (and r) are read from global memory exactly once; the fused kernels add r
+//   and store the sum back to x during that load. Layouts:
+//     - float4 layout when cols % 4 == 0 and all pointers are aligned for 4-element vectors
+//       (16 bytes for fp32 arrays, 8 bytes for a bf16 output): lane l holds columns
+//       4*(l + 32*i) .. +3, i = 0..V-1 (each i is one coalesced 512-byte warp transaction);
 //     - otherwise scalar layout: lane l holds columns l + 32*j, j = 0..4V-1.
 //   The statistics are warp butterflies (warp_sum, warp_sum2) over the per-lane partial sums, so
 //   every lane ends with the same mean, corr and rstd and writes its own columns. No shared
-//   memory, no __syncthreads.
+//   memory, no __syncthreads. A lane only ever reads back the x columns it wrote itself.
 //
 //   Block path, cols > LN_WARP_MAX_COLS (any size). One block owns one row (grid-strided over
-//   rows); thread t handles columns t, t + blockDim.x, ... If the launch supplied at least
-//   cols * 4 bytes of dynamic shared memory, the row is first copied into shared memory (float4
-//   copies when aligned) and both statistics passes and the output pass read it from there, so x
-//   is read from global memory once; with less shared memory the passes re-read x from global
-//   memory (L1/L2-resident for one row), which keeps the kernel correct for any cols. The sums
-//   are block_sum / block_sum2 reductions (warp butterflies, then one warp over the per-warp
+//   rows); thread t handles columns t, t + blockDim.x, ... (float4 groups t, t + blockDim.x, ...
+//   in the vector passes). First the row is staged: if the launch supplied at least cols * 4
+//   bytes of dynamic shared memory it is copied into shared memory (for the fused kernels, the
+//   sum x + r is copied there and also written back to x); both statistics passes and the output
+//   pass then read it from there, so x is read from global memory once. With less shared memory
+//   the passes re-read x from global memory (L1/L2-resident for one row; for the fused kernels
+//   the x that the staging pass just updated), which keeps the kernel correct for any cols. A
+//   __syncthreads separates staging from the passes (they read columns other threads staged),
+//   and another one ends each row (the next row overwrites shared memory and x). The sums are
+//   block_sum / block_sum2 reductions (warp butterflies, then one warp over the per-warp
 //   partials).
 //
 // Launch requirements: 1-D blocks with blockDim.x a multiple of 32 and <= 256; any grid size
 // >= 1 (rows are grid-strided). The launcher picks 1-4 warps per block (4 when rows >= 4 x SMs,
 // fewer so that small batches still spread over every SM) and ceil(rows / warps) blocks for the
 // warp path, and 256 threads, one block per row and cols * 4 bytes of dynamic shared memory
-// (when that fits in the default 48 KiB) for the block path.
+// (when that fits in the default 48 KiB) for the block path. x must not overlap out or r (the
+// launchers guarantee it through Rust borrows; the kernels use __restrict__).
 
+#include "bf16.cuh"
 #include "common.cuh"
 
 // Largest row the warp path keeps in registers: 32 lanes x 4 floats x LN_MAX_V.
@@ -60,19 +78,24 @@
 #define LN_MAX_V 10
 #define LN_WARP_MAX_COLS (HC_WARP_SIZE * 4 * LN_MAX_V)
 
+// Launch bounds of all four kernels: at most 256 threads per block, and at least 2 such blocks
+// per SM, which caps registers at 128 per thread. (With the bound on threads alone, ptxas of CUDA
+// 13.0 chose 80 registers for layernorm_fwd_bf16 and spilled; with this bound no kernel spills.)
+#define LN_MAX_THREADS 256
+
 // Column held by lane `lane` in slot (i, k) of the warp path.
 template <bool VEC>
 __device__ __forceinline__ int ln_col(int lane, int i, int k) {
     return VEC ? 4 * (lane + HC_WARP_SIZE * i) + k : lane + HC_WARP_SIZE * (4 * i + k);
 }
 
-// One row, one warp, the row in registers: V slots of 4 floats per lane.
-template <int V, bool VEC>
-__device__ __forceinline__ void ln_row_warp(const float* __restrict__ xr,
+// One row, one warp, the row in registers: V slots of 4 floats per lane. With ADD, x += r is
+// stored back to xr while loading (rr is unused otherwise).
+template <int V, bool VEC, bool ADD, typename T>
+__device__ __forceinline__ void ln_row_warp(float* __restrict__ xr, const float* __restrict__ rr,
                                             const float* __restrict__ gamma,
-                                            const float* __restrict__ beta,
-                                            float* __restrict__ yr, int cols, float eps,
-                                            int lane) {
+                                            const float* __restrict__ beta, T* __restrict__ yr,
+                                            int cols, float eps, int lane) {
     float v[V][4];
     float sum = 0.0f;
 #pragma unroll
@@ -80,7 +103,17 @@ __device__ __forceinline__ void ln_row_warp(const float* __restrict__ xr,
         if (VEC) {
             const int c = ln_col<true>(lane, i, 0);
             float4 t = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (c < cols) t = *reinterpret_cast<const float4*>(xr + c);  // whole float4 in row
+            if (c < cols) {  // cols % 4 == 0: the whole float4 is in the row
+                t = load4(xr + c);
+                if (ADD) {
+                    const float4 d = load4(rr + c);
+                    t.x += d.x;
+                    t.y += d.y;
+                    t.z += d.z;
+                    t.w += d.w;
+                    store4(xr + c, t);
+                }
+            }
             v[i][0] = t.x;
             v[i][1] = t.y;
             v[i][2] = t.z;
@@ -89,7 +122,15 @@ __device__ __forceinline__ void ln_row_warp(const float* __restrict__ xr,
 #pragma unroll
             for (int k = 0; k < 4; k++) {
                 const int c = ln_col<false>(lane, i, k);
-                v[i][k] = (c < cols) ? xr[c] : 0.0f;
+                float t = 0.0f;
+                if (c < cols) {
+                    t = xr[c];
+                    if (ADD) {
+                        t += rr[c];
+                        xr[c] = t;
+                    }
+                }
+                v[i][k] = t;
             }
         }
         sum += (v[i][0] + v[i][1]) + (v[i][2] + v[i][3]);  // padding slots hold exact zeros
@@ -117,50 +158,53 @@ __device__ __forceinline__ void ln_row_warp(const float* __restrict__ xr,
         if (VEC) {
             const int c = ln_col<true>(lane, i, 0);
             if (c < cols) {
-                const float4 g = *reinterpret_cast<const float4*>(gamma + c);
-                const float4 b = *reinterpret_cast<const float4*>(beta + c);
+                const float4 g = load4(gamma + c);
+                const float4 b = load4(beta + c);
                 float4 o;
                 o.x = ((v[i][0] - mean) - corr) * rstd * g.x + b.x;
                 o.y = ((v[i][1] - mean) - corr) * rstd * g.y + b.y;
                 o.z = ((v[i][2] - mean) - corr) * rstd * g.z + b.z;
                 o.w = ((v[i][3] - mean) - corr) * rstd * g.w + b.w;
-                *reinterpret_cast<float4*>(yr + c) = o;
+                store4(yr + c, o);
             }
         } else {
 #pragma unroll
             for (int k = 0; k < 4; k++) {
                 const int c = ln_col<false>(lane, i, k);
-                if (c < cols) yr[c] = ((v[i][k] - mean) - corr) * rstd * gamma[c] + beta[c];
+                if (c < cols)
+                    yr[c] = from_f32<T>(((v[i][k] - mean) - corr) * rstd * gamma[c] + beta[c]);
             }
         }
     }
 }
 
 // Picks the smallest register footprint V (float4 slots per lane) that holds the row.
-template <bool VEC>
-__device__ __forceinline__ void ln_row_warp_any(const float* __restrict__ xr,
+template <bool VEC, bool ADD, typename T>
+__device__ __forceinline__ void ln_row_warp_any(float* __restrict__ xr,
+                                                const float* __restrict__ rr,
                                                 const float* __restrict__ gamma,
                                                 const float* __restrict__ beta,
-                                                float* __restrict__ yr, int cols, float eps,
+                                                T* __restrict__ yr, int cols, float eps,
                                                 int lane) {
     if (cols <= 128) {
-        ln_row_warp<1, VEC>(xr, gamma, beta, yr, cols, eps, lane);
+        ln_row_warp<1, VEC, ADD>(xr, rr, gamma, beta, yr, cols, eps, lane);
     } else if (cols <= 256) {
-        ln_row_warp<2, VEC>(xr, gamma, beta, yr, cols, eps, lane);
+        ln_row_warp<2, VEC, ADD>(xr, rr, gamma, beta, yr, cols, eps, lane);
     } else if (cols <= 512) {
-        ln_row_warp<4, VEC>(xr, gamma, beta, yr, cols, eps, lane);
+        ln_row_warp<4, VEC, ADD>(xr, rr, gamma, beta, yr, cols, eps, lane);
     } else if (cols <= 1024) {
-        ln_row_warp<8, VEC>(xr, gamma, beta, yr, cols, eps, lane);
+        ln_row_warp<8, VEC, ADD>(xr, rr, gamma, beta, yr, cols, eps, lane);
     } else {
-        ln_row_warp<LN_MAX_V, VEC>(xr, gamma, beta, yr, cols, eps, lane);
+        ln_row_warp<LN_MAX_V, VEC, ADD>(xr, rr, gamma, beta, yr, cols, eps, lane);
     }
 }
 
 // Block path: one block per row, the row in dynamic shared memory when the launch provides it.
-__device__ __forceinline__ void ln_rows_block(const float* __restrict__ x,
+template <bool ADD, typename T>
+__device__ __forceinline__ void ln_rows_block(float* __restrict__ x, const float* __restrict__ r,
                                               const float* __restrict__ gamma,
                                               const float* __restrict__ beta,
-                                              float* __restrict__ out, int rows, int cols,
+                                              T* __restrict__ out, int rows, int cols,
                                               float eps, bool vec) {
     extern __shared__ float4 ln_smem4[];  // float4 for 16-byte alignment of the staged row
     __shared__ float scratch[2 * HC_WARP_SIZE];
@@ -171,21 +215,40 @@ __device__ __forceinline__ void ln_rows_block(const float* __restrict__ x,
     const int nt = blockDim.x;
     const int cols4 = cols / 4;  // only used when vec (cols % 4 == 0)
 
-    for (int row = blockIdx.x; row < rows; row += gridDim.x) {
-        const float* xr = x + (size_t)row * cols;
-        float* yr = out + (size_t)row * cols;
+    // 64-bit row index: row + gridDim.x must not wrap for rows near 2^31.
+    for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
+        float* xr = x + (size_t)row * cols;
+        const float* rr = ADD ? r + (size_t)row * cols : nullptr;
+        T* yr = out + (size_t)row * cols;
 
-        const float* src = xr;
-        if (staged) {
+        // Staging: x += r (fused kernels) and/or the copy into shared memory.
+        if (ADD || staged) {
             if (vec) {
-                for (int c4 = tid; c4 < cols4; c4 += nt)
-                    ln_smem4[c4] = reinterpret_cast<const float4*>(xr)[c4];
+                for (int c4 = tid; c4 < cols4; c4 += nt) {
+                    float4 t = load4(xr + 4 * c4);
+                    if (ADD) {
+                        const float4 d = load4(rr + 4 * c4);
+                        t.x += d.x;
+                        t.y += d.y;
+                        t.z += d.z;
+                        t.w += d.w;
+                        store4(xr + 4 * c4, t);
+                    }
+                    if (staged) ln_smem4[c4] = t;
+                }
             } else {
-                for (int c = tid; c < cols; c += nt) ln_smem[c] = xr[c];
+                for (int c = tid; c < cols; c += nt) {
+                    float t = xr[c];
+                    if (ADD) {
+                        t += rr[c];
+                        xr[c] = t;
+                    }
+                    if (staged) ln_smem[c] = t;
+                }
             }
-            __syncthreads();
-            src = ln_smem;
+            __syncthreads();  // the passes below read columns that other threads staged
         }
+        const float* src = staged ? ln_smem : xr;
 
         float s = 0.0f;
         for (int c = tid; c < cols; c += nt) s += src[c];
@@ -202,51 +265,87 @@ __device__ __forceinline__ void ln_rows_block(const float* __restrict__ x,
         const float rstd = 1.0f / sqrtf(fmaxf(s2 / (float)cols - corr * corr, 0.0f) + eps);
 
         if (vec) {
-            const float4* src4 = reinterpret_cast<const float4*>(src);
             for (int c4 = tid; c4 < cols4; c4 += nt) {
-                const float4 xv = src4[c4];
-                const float4 g = reinterpret_cast<const float4*>(gamma)[c4];
-                const float4 b = reinterpret_cast<const float4*>(beta)[c4];
+                const float4 xv = load4(src + 4 * c4);
+                const float4 g = load4(gamma + 4 * c4);
+                const float4 b = load4(beta + 4 * c4);
                 float4 o;
                 o.x = ((xv.x - mean) - corr) * rstd * g.x + b.x;
                 o.y = ((xv.y - mean) - corr) * rstd * g.y + b.y;
                 o.z = ((xv.z - mean) - corr) * rstd * g.z + b.z;
                 o.w = ((xv.w - mean) - corr) * rstd * g.w + b.w;
-                reinterpret_cast<float4*>(yr)[c4] = o;
+                store4(yr + 4 * c4, o);
             }
         } else {
             for (int c = tid; c < cols; c += nt)
-                yr[c] = ((src[c] - mean) - corr) * rstd * gamma[c] + beta[c];
+                yr[c] = from_f32<T>(((src[c] - mean) - corr) * rstd * gamma[c] + beta[c]);
         }
         __syncthreads();  // the next row overwrites ln_smem
     }
 }
 
-// x, out: rows x cols, row-major; gamma, beta: cols. See the header for the launch layout.
-extern "C" __global__ void __launch_bounds__(256)
-layernorm_fwd_f32(const float* __restrict__ x, const float* __restrict__ gamma,
-                  const float* __restrict__ beta, float* __restrict__ out, int rows, int cols,
-                  float eps) {
+// The body of all four kernels. x is only written when ADD (the plain kernels pass their const
+// input through a const_cast and never store to it).
+template <bool ADD, typename T>
+__device__ __forceinline__ void ln_fwd(float* __restrict__ x, const float* __restrict__ r,
+                                       const float* __restrict__ gamma,
+                                       const float* __restrict__ beta, T* __restrict__ out,
+                                       int rows, int cols, float eps) {
     if (rows <= 0 || cols <= 0) return;
-    const bool vec = (cols % 4 == 0) && is_aligned16(x) && is_aligned16(gamma) &&
-                     is_aligned16(beta) && is_aligned16(out);
+    const bool vec = (cols % 4 == 0) && is_aligned16(x) && (!ADD || is_aligned16(r)) &&
+                     is_aligned16(gamma) && is_aligned16(beta) && is_aligned_vec4(out);
 
     if (cols > LN_WARP_MAX_COLS) {
-        ln_rows_block(x, gamma, beta, out, rows, cols, eps, vec);
+        ln_rows_block<ADD>(x, r, gamma, beta, out, rows, cols, eps, vec);
         return;
     }
 
     const int lane = threadIdx.x % HC_WARP_SIZE;
     const int warps_per_block = blockDim.x / HC_WARP_SIZE;
-    const int warp_stride = gridDim.x * warps_per_block;
-    for (int row = blockIdx.x * warps_per_block + threadIdx.x / HC_WARP_SIZE; row < rows;
-         row += warp_stride) {
-        const float* xr = x + (size_t)row * cols;
-        float* yr = out + (size_t)row * cols;
+    // 64-bit row indices: the grid's warp count and row + stride may exceed 2^31 when rows
+    // is close to it.
+    const long long warp_stride = (long long)gridDim.x * warps_per_block;
+    for (long long row = (long long)blockIdx.x * warps_per_block + threadIdx.x / HC_WARP_SIZE;
+         row < rows; row += warp_stride) {
+        float* xr = x + (size_t)row * cols;
+        const float* rr = ADD ? r + (size_t)row * cols : nullptr;
+        T* yr = out + (size_t)row * cols;
         if (vec) {
-            ln_row_warp_any<true>(xr, gamma, beta, yr, cols, eps, lane);
+            ln_row_warp_any<true, ADD>(xr, rr, gamma, beta, yr, cols, eps, lane);
         } else {
-            ln_row_warp_any<false>(xr, gamma, beta, yr, cols, eps, lane);
+            ln_row_warp_any<false, ADD>(xr, rr, gamma, beta, yr, cols, eps, lane);
         }
     }
+}
+
+// x, out: rows x cols, row-major; gamma, beta: cols. See the header for the launch layout.
+extern "C" __global__ void __launch_bounds__(LN_MAX_THREADS, 2)
+layernorm_fwd_f32(const float* __restrict__ x, const float* __restrict__ gamma,
+                  const float* __restrict__ beta, float* __restrict__ out, int rows, int cols,
+                  float eps) {
+    ln_fwd<false>(const_cast<float*>(x), nullptr, gamma, beta, out, rows, cols, eps);
+}
+
+// As layernorm_fwd_f32 with a bf16 output (rounded to nearest even).
+extern "C" __global__ void __launch_bounds__(LN_MAX_THREADS, 2)
+layernorm_fwd_bf16(const float* __restrict__ x, const float* __restrict__ gamma,
+                   const float* __restrict__ beta, bf16_t* __restrict__ out, int rows, int cols,
+                   float eps) {
+    ln_fwd<false>(const_cast<float*>(x), nullptr, gamma, beta, out, rows, cols, eps);
+}
+
+// x += r in place, then out = LN(x). x, r, out: rows x cols; gamma, beta: cols.
+extern "C" __global__ void __launch_bounds__(LN_MAX_THREADS, 2)
+add_layernorm_fwd_f32(float* __restrict__ x, const float* __restrict__ r,
+                      const float* __restrict__ gamma, const float* __restrict__ beta,
+                      float* __restrict__ out, int rows, int cols, float eps) {
+    ln_fwd<true>(x, r, gamma, beta, out, rows, cols, eps);
+}
+
+// As add_layernorm_fwd_f32 with a bf16 output (x stays fp32).
+extern "C" __global__ void __launch_bounds__(LN_MAX_THREADS, 2)
+add_layernorm_fwd_bf16(float* __restrict__ x, const float* __restrict__ r,
+                       const float* __restrict__ gamma, const float* __restrict__ beta,
+                       bf16_t* __restrict__ out, int rows, int cols, float eps) {
+    ln_fwd<true>(x, r, gamma, beta, out, rows, cols, eps);
 }

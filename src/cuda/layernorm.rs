@@ -1,16 +1,18 @@
-//! Launcher for `layernorm_fwd_f32` (kernels/layernorm.cu). CPU twin:
-//! `crate::ops::layernorm::layernorm_fwd_cpu`.
+//! Launchers for kernels/layernorm.cu: `layernorm_fwd_{f32,bf16}` and the fused residual add +
+//! LayerNorm `add_layernorm_fwd_{f32,bf16}`. CPU twin: `crate::ops::layernorm::layernorm_fwd_cpu`
+//! (after `ops::elementwise::add_cpu` for the fused kernels).
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DeviceSlice, LaunchConfig, PushKernelArg};
 
-use super::{cuda_err, CudaBackend};
-use crate::error::{Error, Result};
+use super::elementwise::{check_lens, dims_product};
+use super::{by_dtype, cuda_err, CudaBackend, Dtype};
+use crate::error::Result;
 
 /// Largest row the kernel's warp path keeps in registers. Must match `LN_WARP_MAX_COLS` in
 /// kernels/layernorm.cu; a mismatch would only cost speed (both kernel paths are correct for
 /// any launch this file makes).
 const LN_WARP_MAX_COLS: usize = 1280;
-/// Threads per block on the block path (the kernel's `__launch_bounds__` is 256).
+/// Threads per block on the block path (the kernels' `__launch_bounds__` allow at most 256).
 const LN_BLOCK_THREADS: u32 = 256;
 /// Dynamic shared memory available without opting in (48 KiB) minus the kernel's 256 bytes of
 /// static reduction scratch.
@@ -50,61 +52,70 @@ fn launch_config(rows: usize, cols: usize, num_sms: usize) -> LaunchConfig {
     }
 }
 
+/// The checks shared by both launchers: `rows × cols` fits the kernel's `int`s, the buffers hold
+/// `(what, len, per-row)` × rows (per-row = true) or `cols` (false) elements, eps is usable.
+fn check_args(
+    kernel: &str,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+    bufs: &[(&str, usize, bool)],
+) -> Result<usize> {
+    let n = dims_product(kernel, &[("rows", rows), ("cols", cols)], true)?;
+    let want: Vec<(&str, usize, usize)> = bufs
+        .iter()
+        .map(|&(what, len, per_row)| (what, len, if per_row { n } else { cols }))
+        .collect();
+    check_lens(kernel, format_args!("rows = {rows}, cols = {cols}"), &want)?;
+    if !(eps.is_finite() && eps >= 0.0) {
+        return crate::input_err!("{kernel}: eps must be finite and >= 0, got {eps}");
+    }
+    Ok(n)
+}
+
 impl CudaBackend {
     /// LayerNorm over the last dimension: `out = (x − mean) / sqrt(var + eps) · gamma + beta` for
-    /// each of the `rows` rows of `cols` values (biased variance, as PyTorch). `x` and `out` hold
-    /// `rows × cols` floats row-major; `gamma` and `beta` hold `cols`. Queued on the stream.
+    /// each of the `rows` rows of `cols` values (biased variance, as PyTorch). `x` holds
+    /// `rows × cols` floats row-major, `out` as many `T` (f32, or bf16 rounded to nearest even
+    /// from the f32 result); `gamma` and `beta` hold `cols`. Queued on the stream.
     #[allow(clippy::too_many_arguments)] // the kernel's own argument list
-    pub fn layernorm_fwd(
+    pub fn layernorm_fwd<T: Dtype>(
         &self,
-        x: &CudaSlice<f32>,
-        gamma: &CudaSlice<f32>,
-        beta: &CudaSlice<f32>,
-        out: &mut CudaSlice<f32>,
+        x: &CudaView<'_, f32>,
+        gamma: &CudaView<'_, f32>,
+        beta: &CudaView<'_, f32>,
+        out: &mut CudaViewMut<'_, T>,
         rows: usize,
         cols: usize,
         eps: f32,
     ) -> Result<()> {
-        let n = rows
-            .checked_mul(cols)
-            .filter(|_| rows <= i32::MAX as usize && cols <= i32::MAX as usize)
-            .ok_or_else(|| {
-                Error::Input(format!(
-                    "layernorm: {rows} × {cols} is too large for the kernel"
-                ))
-            })?;
-        for (what, len, want) in [
-            ("x", x.len(), n),
-            ("out", out.len(), n),
-            ("gamma", gamma.len(), cols),
-            ("beta", beta.len(), cols),
-        ] {
-            if len != want {
-                return crate::input_err!(
-                    "layernorm: {what} holds {len} floats but rows = {rows}, cols = {cols} needs {want}"
-                );
-            }
-        }
-        if !(eps.is_finite() && eps >= 0.0) {
-            return crate::input_err!("layernorm: eps must be finite and >= 0, got {eps}");
-        }
-        for (what, ctx) in [
-            ("x", x.context()),
-            ("gamma", gamma.context()),
-            ("beta", beta.context()),
-            ("out", out.context()),
-        ] {
-            if **ctx != *self.ctx {
-                return crate::input_err!(
-                    "layernorm: {what} lives on another CUDA device than this backend"
-                );
-            }
-        }
+        let kernel = by_dtype::<T>("layernorm_fwd_f32", "layernorm_fwd_bf16");
+        let n = check_args(
+            kernel,
+            rows,
+            cols,
+            eps,
+            &[
+                ("x", x.len(), true),
+                ("out", out.len(), true),
+                ("gamma", gamma.len(), false),
+                ("beta", beta.len(), false),
+            ],
+        )?;
+        self.check_device(
+            kernel,
+            &[
+                ("x", x.stream()),
+                ("gamma", gamma.stream()),
+                ("beta", beta.stream()),
+                ("out", out.stream()),
+            ],
+        )?;
         if n == 0 {
             return Ok(());
         }
 
-        let func = self.function("layernorm", "layernorm_fwd_f32")?;
+        let func = self.function("layernorm", kernel)?;
         let cfg = launch_config(rows, cols, self.num_sms);
         let (rows_i, cols_i) = (rows as i32, cols as i32);
         let mut launch = self.stream.launch_builder(&func);
@@ -117,11 +128,77 @@ impl CudaBackend {
             .arg(&cols_i)
             .arg(&eps);
         // SAFETY: the arguments match the kernel's signature (const float*, const float*,
-        // const float*, float*, int, int, float) in order; the lengths were checked above, and the
+        // const float*, T*, int, int, float) in order; the lengths were checked above, and the
         // kernel touches only x[0..rows·cols], gamma/beta[0..cols] and out[0..rows·cols]. `out`
         // is borrowed mutably, so it cannot alias the inputs (the kernel uses __restrict__).
         unsafe { launch.launch(cfg) }.map_err(cuda_err(format_args!(
-            "launching layernorm_fwd_f32 ({rows} × {cols})"
+            "launching {kernel} ({rows} × {cols})"
+        )))?;
+        Ok(())
+    }
+
+    /// The residual add fused with the LayerNorm that follows it: `x += r` in place (f32, the
+    /// residual stream), then `out = LayerNorm(x)` as [`CudaBackend::layernorm_fwd`]. `x`, `r`
+    /// and `out` hold `rows × cols` elements, `gamma` and `beta` `cols`. Queued on the stream.
+    #[allow(clippy::too_many_arguments)] // the kernel's own argument list
+    pub fn add_layernorm_fwd<T: Dtype>(
+        &self,
+        x: &mut CudaViewMut<'_, f32>,
+        r: &CudaView<'_, f32>,
+        gamma: &CudaView<'_, f32>,
+        beta: &CudaView<'_, f32>,
+        out: &mut CudaViewMut<'_, T>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let kernel = by_dtype::<T>("add_layernorm_fwd_f32", "add_layernorm_fwd_bf16");
+        let n = check_args(
+            kernel,
+            rows,
+            cols,
+            eps,
+            &[
+                ("x", x.len(), true),
+                ("r", r.len(), true),
+                ("out", out.len(), true),
+                ("gamma", gamma.len(), false),
+                ("beta", beta.len(), false),
+            ],
+        )?;
+        self.check_device(
+            kernel,
+            &[
+                ("x", x.stream()),
+                ("r", r.stream()),
+                ("gamma", gamma.stream()),
+                ("beta", beta.stream()),
+                ("out", out.stream()),
+            ],
+        )?;
+        if n == 0 {
+            return Ok(());
+        }
+
+        let func = self.function("layernorm", kernel)?;
+        let cfg = launch_config(rows, cols, self.num_sms);
+        let (rows_i, cols_i) = (rows as i32, cols as i32);
+        let mut launch = self.stream.launch_builder(&func);
+        launch
+            .arg(x)
+            .arg(r)
+            .arg(gamma)
+            .arg(beta)
+            .arg(out)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&eps);
+        // SAFETY: the arguments match the kernel's signature (float*, const float*, const float*,
+        // const float*, T*, int, int, float) in order; the lengths were checked above, and the
+        // kernel touches only x, r, out[0..rows·cols] and gamma/beta[0..cols]. x and out are
+        // distinct mutable borrows, so neither aliases the other or an input (__restrict__).
+        unsafe { launch.launch(cfg) }.map_err(cuda_err(format_args!(
+            "launching {kernel} ({rows} × {cols})"
         )))?;
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod covariance;
+pub mod elementwise;
 pub mod geometry;
 pub mod image;
 pub mod layernorm;
