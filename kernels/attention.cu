@@ -201,6 +201,20 @@ __device__ __forceinline__ SaBlock sa_block(int s, int heads, int d) {
     return blk;
 }
 
+// Calls BODY<DP>(...) with DP = round_up(d, 16), 16 … 128 (d > 128 is rejected by the launcher).
+#define SA_DISPATCH_DP(BODY, d, ...)                       \
+    switch (((d) + 15) / 16) {                             \
+        case 1: BODY<16>(__VA_ARGS__); break;              \
+        case 2: BODY<32>(__VA_ARGS__); break;              \
+        case 3: BODY<48>(__VA_ARGS__); break;              \
+        case 4: BODY<64>(__VA_ARGS__); break;              \
+        case 5: BODY<80>(__VA_ARGS__); break;              \
+        case 6: BODY<96>(__VA_ARGS__); break;              \
+        case 7: BODY<112>(__VA_ARGS__); break;             \
+        case 8: BODY<128>(__VA_ARGS__); break;             \
+        default: break;                                    \
+    }
+
 // ------------------------------------------------------------------------------------------
 // Self-attention, bf16, tensor cores.
 
@@ -448,17 +462,7 @@ self_attention_fwd_bf16(const uint16_t* __restrict__ qkv, uint16_t* __restrict__
                         int s, int heads, int d, float scale) {
     (void)b;  // the grid covers the batch
     const float sl2 = scale * ATTN_LOG2E;
-    switch ((d + 15) / 16) {
-        case 1: sa_bf16_body<16>(qkv, out, s, heads, d, sl2); break;
-        case 2: sa_bf16_body<32>(qkv, out, s, heads, d, sl2); break;
-        case 3: sa_bf16_body<48>(qkv, out, s, heads, d, sl2); break;
-        case 4: sa_bf16_body<64>(qkv, out, s, heads, d, sl2); break;
-        case 5: sa_bf16_body<80>(qkv, out, s, heads, d, sl2); break;
-        case 6: sa_bf16_body<96>(qkv, out, s, heads, d, sl2); break;
-        case 7: sa_bf16_body<112>(qkv, out, s, heads, d, sl2); break;
-        case 8: sa_bf16_body<128>(qkv, out, s, heads, d, sl2); break;
-        default: break;  // d > 128 is rejected by the launcher
-    }
+    SA_DISPATCH_DP(sa_bf16_body, d, qkv, out, s, heads, d, sl2);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -674,24 +678,14 @@ __device__ __forceinline__ void sa_f32_body(const float* __restrict__ qkv, float
 }
 
 // qkv: [b, s, 3·heads·d] f32; out: [b, s, heads·d] f32. Launch: grid b·heads·ceil(s/64),
-// 128 threads, (2·d·68 + … ) bytes of dynamic shared memory (see sa_f32_body; the launcher's
-// sa_f32_smem_bytes); 1 ≤ d ≤ 128.
+// 128 threads, (d·68 + max(d,64)·68 + 64·round_up(d,16))·4 bytes of dynamic shared memory;
+// 1 ≤ d ≤ 128.
 extern "C" __global__ void __launch_bounds__(SA_THREADS, 3)
 self_attention_fwd_f32(const float* __restrict__ qkv, float* __restrict__ out, int b, int s,
                        int heads, int d, float scale) {
     (void)b;
     const float sl2 = scale * ATTN_LOG2E;
-    switch ((d + 15) / 16) {
-        case 1: sa_f32_body<16>(qkv, out, s, heads, d, sl2); break;
-        case 2: sa_f32_body<32>(qkv, out, s, heads, d, sl2); break;
-        case 3: sa_f32_body<48>(qkv, out, s, heads, d, sl2); break;
-        case 4: sa_f32_body<64>(qkv, out, s, heads, d, sl2); break;
-        case 5: sa_f32_body<80>(qkv, out, s, heads, d, sl2); break;
-        case 6: sa_f32_body<96>(qkv, out, s, heads, d, sl2); break;
-        case 7: sa_f32_body<112>(qkv, out, s, heads, d, sl2); break;
-        case 8: sa_f32_body<128>(qkv, out, s, heads, d, sl2); break;
-        default: break;
-    }
+    SA_DISPATCH_DP(sa_f32_body, d, qkv, out, s, heads, d, sl2);
 }
 
 // ------------------------------------------------------------------------------------------

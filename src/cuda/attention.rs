@@ -130,6 +130,10 @@ impl CudaBackend {
         bytes: usize,
     ) -> Result<()> {
         if bytes > DEFAULT_DYNAMIC_SMEM {
+            // The driver call acts on the calling thread's current context.
+            self.ctx
+                .bind_to_thread()
+                .map_err(cuda_err("binding the CUDA context to this thread"))?;
             func.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 bytes as i32,
