@@ -80,9 +80,8 @@ impl Engine {
                 "--precision bf16 needs the CUDA device (the CPU path is fp32)".into(),
             ));
         }
-        let gpu = match backend {
-            None => None,
-            Some(be) => Some(match precision {
+        let upload = |be: CudaBackend| -> Result<Gpu> {
+            Ok(match precision {
                 Precision::Fp32 => {
                     let mut g = GpuModel::<f32>::upload(be, &model)?;
                     g.use_graph = graph;
@@ -93,7 +92,18 @@ impl Engine {
                     g.use_graph = graph;
                     Gpu::Bf16(g)
                 }
-            }),
+            })
+        };
+        let gpu = match (backend, device) {
+            (None, _) => None,
+            (Some(be), DeviceChoice::Auto) => match upload(be) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    eprintln!("note: the GPU could not be used ({e}); running on the CPU");
+                    None
+                }
+            },
+            (Some(be), _) => Some(upload(be)?),
         };
         Ok(Engine { model, gpu })
     }

@@ -459,6 +459,17 @@ impl<T: Dtype> GpuModel<T> {
         Ok(())
     }
 
+    /// Replays the captured graph of the current batch size on the input already on the device
+    /// (for benchmarks; [`GpuModel::launch`] captures it first).
+    pub fn replay(&self) -> Result<()> {
+        match self.ws.as_ref().and_then(|w| w.graph.as_ref()) {
+            Some(g) => g.launch().map_err(cuda_err("launching the forward graph")),
+            None => Err(Error::Cuda(
+                "no captured graph: call launch with use_graph first".into(),
+            )),
+        }
+    }
+
     /// Captures the launch sequence for the current workspace into a CUDA graph.
     fn capture(&mut self) -> Result<()> {
         let stream = self.backend.stream.clone();
@@ -547,7 +558,7 @@ impl<T: Dtype> GpuModel<T> {
         }
         norm_into(be, &mut ws.x, &ws.r, pending, last_norm, &mut ws.ctx, bt, c)?;
 
-        // MANO head: decoder, stacked readout (pose6d ‖ betas ‖ cam), rotations, MANO, camera.
+        // MANO head: decoder, the three readouts, rotations, MANO, camera.
         run_decoder(be, gemm, &mano_head.decoder, ws, b, t, true)?;
         lin_f32(gemm, &mano_head.decpose, &ws.dx, &mut ws.pose6d, b)?;
         lin_f32(gemm, &mano_head.decshape, &ws.dx, &mut ws.betas, b)?;

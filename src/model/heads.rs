@@ -81,6 +81,9 @@ pub struct UncertaintyHead {
     pub transformer: TransformerDecoder,
     pub readout: Readout,
     pub param: CovParam,
+    /// State-dict prefix of a `LogVar` readout: `uncertainty_head.dec3dkeypoint.0` (diag) or
+    /// `uncertainty_head.dec3dkeypoint` (ours, ours_wo_linear).
+    pub readout_name: String,
 }
 
 impl UncertaintyHead {
@@ -107,17 +110,25 @@ impl UncertaintyHead {
                 CovParam::Full,
             ),
             Uncertainty::None => {
-                unreachable!("UncertaintyHead::load is only called for uncertainty models")
+                return Err(crate::error::Error::Config(
+                    "a model with uncertainty \"none\" has no uncertainty head".into(),
+                ))
             }
         };
         // The head carries unused copies of the mean-parameter buffers; accept them if present.
         for leaf in ["init_hand_pose", "init_betas", "init_cam"] {
             ld.file.skip(&ld.name(leaf));
         }
+        let readout_name = ld.name(if cfg.uncertainty == Uncertainty::Diag {
+            "dec3dkeypoint.0"
+        } else {
+            "dec3dkeypoint"
+        });
         Ok(UncertaintyHead {
             transformer: TransformerDecoder::load(&cfg.decoder, &ld.sub("transformer"))?,
             readout,
             param,
+            readout_name,
         })
     }
 
