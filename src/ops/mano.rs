@@ -1,9 +1,16 @@
 //! The MANO layer (SPEC §5.3–5.4, smplx 0.1.28 `lbs` with rotation-matrix input): shape and pose
 //! blend shapes, joint regression, the kinematic chain, linear blend skinning, fingertip vertices
-//! and the OpenPose joint order.
+//! and the OpenPose joint order, and the backward pass ([`mano_bwd_cpu`], in `mano/bwd.rs`).
+//!
+//! The arithmetic is written once, generic over [`Scalar`]: `mano_fwd_cpu` is its f32 instance,
+//! and the finite-difference tests of the backward run the same code in f64.
 
-use super::linear::{matmul_strided_cpu, Par};
+use super::geometry::Real;
+use super::linear::{matmul_strided_cpu, Par, Strides};
 use rayon::prelude::*;
+
+mod bwd;
+pub use bwd::mano_bwd_cpu;
 
 /// Number of MANO joints in the kinematic tree.
 pub const NUM_JOINTS: usize = 16;
@@ -40,8 +47,95 @@ pub struct ManoData<'a> {
     pub tips: &'a [usize; 5],
 }
 
+/// A [`Real`] with a GEMM: f32 uses the crate's (`matmul_strided_cpu`), f64 a plain loop (for
+/// the finite-difference tests; the problems there are small).
+pub trait Scalar: Real {
+    /// `c[m,n] = a[m,k] · b[k,n]`, operands given by their strides, `c` row-major.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[Self],
+        sa: Strides,
+        b: &[Self],
+        sb: Strides,
+        c: &mut [Self],
+        par: Par,
+    );
+}
+
+impl Scalar for f32 {
+    fn matmul(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        sa: Strides,
+        b: &[f32],
+        sb: Strides,
+        c: &mut [f32],
+        par: Par,
+    ) {
+        matmul_strided_cpu(m, n, k, a, sa, b, sb, c, par)
+    }
+}
+
+impl Scalar for f64 {
+    fn matmul(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f64],
+        (a_rs, a_cs): Strides,
+        b: &[f64],
+        (b_rs, b_cs): Strides,
+        c: &mut [f64],
+        _par: Par,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k)
+                    .map(|l| a[i * a_rs + l * a_cs] * b[l * b_rs + j * b_cs])
+                    .sum();
+            }
+        }
+    }
+}
+
+/// The MANO buffers as the generic code reads them ([`ManoData`] in f32, a converted copy in the
+/// f64 tests).
+#[derive(Clone, Copy)]
+pub(crate) struct Buffers<'a, T> {
+    pub nv: usize,
+    pub nb: usize,
+    pub v_template: &'a [T],
+    pub shapedirs: &'a [T],
+    pub posedirs: &'a [T],
+    pub j_regressor: &'a [T],
+    pub lbs_weights: &'a [T],
+    pub parents: &'a [usize; NUM_JOINTS],
+    pub tips: &'a [usize; 5],
+}
+
+impl<'a> From<&ManoData<'a>> for Buffers<'a, f32> {
+    fn from(m: &ManoData<'a>) -> Self {
+        Buffers {
+            nv: m.num_verts,
+            nb: m.num_betas,
+            v_template: m.v_template,
+            shapedirs: m.shapedirs,
+            posedirs: m.posedirs,
+            j_regressor: m.j_regressor,
+            lbs_weights: m.lbs_weights,
+            parents: m.parents,
+            tips: m.tips,
+        }
+    }
+}
+
 /// A 3×4 matrix `[M | t]` (row-major) standing for the affine map `x ↦ M·x + t`.
-type Affine = [f32; 12];
+type Affine<T> = [T; 12];
 
 /// Kinematic chain for one sample, written so that the identity pose is exact.
 ///
@@ -56,21 +150,35 @@ pub fn rigid_chain(
     rot: &[f32],
     joints: &[f32],
     parents: &[usize; NUM_JOINTS],
-) -> ([[f32; 3]; NUM_JOINTS], [Affine; NUM_JOINTS]) {
-    let mut d = [[0f32; 12]; NUM_JOINTS];
-    let mut posed = [[0f32; 3]; NUM_JOINTS];
+) -> ([[f32; 3]; NUM_JOINTS], [Affine<f32>; NUM_JOINTS]) {
+    rigid_chain_g(rot, joints, parents)
+}
+
+/// `t_j = J_j − R_j·J_j` of one joint (`r` row-major 3×3).
+fn chain_offset<T: Real>(r: &[T], jj: [T; 3]) -> [T; 3] {
+    let mut t = [T::ZERO; 3];
+    for row in 0..3 {
+        t[row] = jj[row] - (r[row * 3] * jj[0] + r[row * 3 + 1] * jj[1] + r[row * 3 + 2] * jj[2]);
+    }
+    t
+}
+
+/// Generic [`rigid_chain`].
+pub(crate) fn rigid_chain_g<T: Real>(
+    rot: &[T],
+    joints: &[T],
+    parents: &[usize; NUM_JOINTS],
+) -> ([[T; 3]; NUM_JOINTS], [Affine<T>; NUM_JOINTS]) {
+    let mut d = [[T::ZERO; 12]; NUM_JOINTS];
+    let mut posed = [[T::ZERO; 3]; NUM_JOINTS];
     for j in 0..NUM_JOINTS {
         let r = &rot[j * 9..j * 9 + 9];
         let jj = [joints[j * 3], joints[j * 3 + 1], joints[j * 3 + 2]];
-        let mut t = [0f32; 3];
-        for row in 0..3 {
-            t[row] =
-                jj[row] - (r[row * 3] * jj[0] + r[row * 3 + 1] * jj[1] + r[row * 3 + 2] * jj[2]);
-        }
-        let mut dj = [0f32; 12];
+        let t = chain_offset(r, jj);
+        let mut dj = [T::ZERO; 12];
         for row in 0..3 {
             for c in 0..3 {
-                dj[row * 4 + c] = r[row * 3 + c] - if row == c { 1.0 } else { 0.0 };
+                dj[row * 4 + c] = r[row * 3 + c] - if row == c { T::ONE } else { T::ZERO };
             }
             dj[row * 4 + 3] = t[row];
         }
@@ -96,21 +204,20 @@ pub fn rigid_chain(
     (posed, d)
 }
 
-/// CPU twin of the MANO forward. `rotmats` `[b, 16, 3, 3]` (global orient first), `betas`
-/// `[b, num_betas]` → `verts` `[b, V, 3]` and `keypoints` `[b, 21, 3]` (OpenPose order).
-pub fn mano_fwd_cpu(
-    m: &ManoData,
-    rotmats: &[f32],
-    betas: &[f32],
+/// The blend shapes of a batch: `v_shaped = v_template + shapedirs·β` and
+/// `v_posed = v_shaped + p·posedirs` with the pose feature `p = (R_j − I)_{j ≥ 1}`, each
+/// `[b, 3V]`, as batch GEMMs.
+pub(crate) fn blend_shapes<T: Scalar>(
+    m: &Buffers<T>,
+    rotmats: &[T],
+    betas: &[T],
     b: usize,
-    verts: &mut [f32],
-    keypoints: &mut [f32],
-) {
-    let (nv, nb) = (m.num_verts, m.num_betas);
+) -> (Vec<T>, Vec<T>) {
+    let (nv, nb) = (m.nv, m.nb);
     let n3 = 3 * nv;
     // v_shaped = v_template + shapedirs·β, as one GEMM over the batch: [b, nb] × [nb, 3V].
-    let mut v_shaped = vec![0f32; b * n3];
-    matmul_strided_cpu(
+    let mut v_shaped = vec![T::ZERO; b * n3];
+    T::matmul(
         b,
         n3,
         nb,
@@ -122,23 +229,23 @@ pub fn mano_fwd_cpu(
         Par::Auto,
     );
     v_shaped.par_chunks_mut(n3).for_each(|row| {
-        for (v, t) in row.iter_mut().zip(m.v_template) {
+        for (v, &t) in row.iter_mut().zip(m.v_template) {
             *v += t;
         }
     });
     // Pose feature (R_j − I) for the 15 non-root joints, then v_posed = v_shaped + p·posedirs.
-    let mut feat = vec![0f32; b * POSE_FEATURES];
+    let mut feat = vec![T::ZERO; b * POSE_FEATURES];
     for bi in 0..b {
         for j in 1..NUM_JOINTS {
             for e in 0..9 {
-                let eye = if e % 4 == 0 { 1.0 } else { 0.0 };
+                let eye = if e % 4 == 0 { T::ONE } else { T::ZERO };
                 feat[bi * POSE_FEATURES + (j - 1) * 9 + e] =
                     rotmats[(bi * NUM_JOINTS + j) * 9 + e] - eye;
             }
         }
     }
-    let mut v_posed = vec![0f32; b * n3];
-    matmul_strided_cpu(
+    let mut v_posed = vec![T::ZERO; b * n3];
+    T::matmul(
         b,
         n3,
         POSE_FEATURES,
@@ -149,30 +256,65 @@ pub fn mano_fwd_cpu(
         &mut v_posed,
         Par::Auto,
     );
+    v_posed
+        .par_chunks_mut(n3)
+        .zip(v_shaped.par_chunks(n3))
+        .for_each(|(vp, vs)| {
+            for (p, &s) in vp.iter_mut().zip(vs) {
+                *p += s;
+            }
+        });
+    (v_shaped, v_posed)
+}
+
+/// Rest joints of one sample, `J = J_regressor · v_shaped` (`[16, 3]`).
+pub(crate) fn rest_joints<T: Scalar>(m: &Buffers<T>, v_shaped: &[T]) -> [T; NUM_JOINTS * 3] {
+    let mut joints = [T::ZERO; NUM_JOINTS * 3];
+    T::matmul(
+        NUM_JOINTS,
+        3,
+        m.nv,
+        m.j_regressor,
+        (m.nv, 1),
+        v_shaped,
+        (3, 1),
+        &mut joints,
+        Par::Serial,
+    );
+    joints
+}
+
+/// The blended transform of one vertex, `Σ_j w_vj·D_j` (summed in joint order).
+pub(crate) fn skin_transform<T: Real>(w: &[T], d: &[Affine<T>; NUM_JOINTS]) -> Affine<T> {
+    let mut t = [T::ZERO; 12];
+    for (&wj, dj) in w.iter().zip(d) {
+        for e in 0..12 {
+            t[e] += wj * dj[e];
+        }
+    }
+    t
+}
+
+/// Generic [`mano_fwd_cpu`].
+pub(crate) fn mano_fwd_g<T: Scalar>(
+    m: &Buffers<T>,
+    rotmats: &[T],
+    betas: &[T],
+    b: usize,
+    verts: &mut [T],
+    keypoints: &mut [T],
+) {
+    let nv = m.nv;
+    let n3 = 3 * nv;
+    let (v_shaped, v_posed) = blend_shapes(m, rotmats, betas, b);
     verts
         .par_chunks_mut(n3)
         .zip(keypoints.par_chunks_mut(NUM_KEYPOINTS * 3))
-        .zip(v_posed.par_chunks_mut(n3))
+        .zip(v_posed.par_chunks(n3))
         .enumerate()
         .for_each(|(bi, ((out_v, out_k), vp))| {
-            let vs = &v_shaped[bi * n3..(bi + 1) * n3];
-            // Rest joints J = J_regressor · v_shaped.
-            let mut joints = [0f32; NUM_JOINTS * 3];
-            matmul_strided_cpu(
-                NUM_JOINTS,
-                3,
-                nv,
-                m.j_regressor,
-                (nv, 1),
-                vs,
-                (3, 1),
-                &mut joints,
-                Par::Serial,
-            );
-            for (p, s) in vp.iter_mut().zip(vs) {
-                *p += s;
-            }
-            let (posed, d) = rigid_chain(
+            let joints = rest_joints(m, &v_shaped[bi * n3..(bi + 1) * n3]);
+            let (posed, d) = rigid_chain_g(
                 &rotmats[bi * NUM_JOINTS * 9..(bi + 1) * NUM_JOINTS * 9],
                 &joints,
                 m.parents,
@@ -181,13 +323,7 @@ pub fn mano_fwd_cpu(
             // v = v_posed + (Σ_j w_vj·D_j)·(v_posed, 1): the same when the weights sum to 1
             // (MANO's do), and exact for the rest pose.
             for v in 0..nv {
-                let w = &m.lbs_weights[v * NUM_JOINTS..(v + 1) * NUM_JOINTS];
-                let mut t = [0f32; 12];
-                for (wj, dj) in w.iter().zip(&d) {
-                    for e in 0..12 {
-                        t[e] += wj * dj[e];
-                    }
-                }
+                let t = skin_transform(&m.lbs_weights[v * NUM_JOINTS..(v + 1) * NUM_JOINTS], &d);
                 let p = &vp[v * 3..v * 3 + 3];
                 for r in 0..3 {
                     out_v[v * 3 + r] = p[r]
@@ -198,7 +334,7 @@ pub fn mano_fwd_cpu(
                 }
             }
             // 16 posed joints + 5 fingertip vertices, then the OpenPose order.
-            let mut all = [[0f32; 3]; NUM_KEYPOINTS];
+            let mut all = [[T::ZERO; 3]; NUM_KEYPOINTS];
             all[..NUM_JOINTS].copy_from_slice(&posed);
             for (k, &tip) in m.tips.iter().enumerate() {
                 all[NUM_JOINTS + k] = [out_v[tip * 3], out_v[tip * 3 + 1], out_v[tip * 3 + 2]];
@@ -207,4 +343,17 @@ pub fn mano_fwd_cpu(
                 o.copy_from_slice(&all[src]);
             }
         });
+}
+
+/// CPU twin of the MANO forward. `rotmats` `[b, 16, 3, 3]` (global orient first), `betas`
+/// `[b, num_betas]` → `verts` `[b, V, 3]` and `keypoints` `[b, 21, 3]` (OpenPose order).
+pub fn mano_fwd_cpu(
+    m: &ManoData,
+    rotmats: &[f32],
+    betas: &[f32],
+    b: usize,
+    verts: &mut [f32],
+    keypoints: &mut [f32],
+) {
+    mano_fwd_g(&Buffers::from(m), rotmats, betas, b, verts, keypoints)
 }

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod covariance;
+pub mod drop_path;
 pub mod elementwise;
 pub mod geometry;
 pub mod image;
