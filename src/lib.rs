@@ -10,6 +10,7 @@ pub mod infer;
 pub mod model;
 pub mod ops;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use tensor::{DType, Device, Tensor};

@@ -2,6 +2,7 @@
 //! layer and camera. `HandModel` mirrors the PyTorch module tree, so a weight's state-dict name
 //! says where it lives (`backbone.blocks.3.attn.qkv.weight` → `backbone.blocks[3].attn.qkv`).
 
+pub mod backward;
 pub mod camera;
 pub mod config;
 pub mod decoder;

@@ -1,0 +1,409 @@
+//! One training step on the CPU: the training forward of the whole model, every loss term of
+//! the model's objective (SPEC §6.5, §7) and the hand-written backward to every parameter, plus
+//! the discriminator's own loss and gradients. What `train --dump-grads` writes and what the
+//! trainer's optimiser consumes.
+
+use super::discriminator::Discriminator;
+use super::losses::{
+    axis_angle_to_rotmat_cpu, keypoint_2d_l1, keypoint_3d_l1_rootrel, parameter_mse, LossTerms,
+    LossWeights, Term,
+};
+use super::nll::{nll_diag, nll_exact_lowrank, nll_full, sample_mean, uncertainty_reg};
+use crate::error::{Error, Result};
+use crate::model::backward::Grads;
+use crate::model::config::Uncertainty;
+use crate::model::mano::NUM_BETAS;
+use crate::model::weights::TensorFile;
+use crate::model::HandModel;
+use crate::ops::covariance::DIM;
+use crate::ops::geometry::{
+    cam_translation, cam_translation_bwd, project_bwd_cpu, project_cpu, rot6d_to_rotmat_bwd_cpu,
+    rot6d_to_rotmat_cpu,
+};
+use crate::ops::mano::{mano_bwd_cpu, mano_fwd_cpu, ManoData, NUM_JOINTS, NUM_KEYPOINTS};
+
+/// A training batch in the tensor layout of `train --batch-file` (SPEC §1.5 item fields).
+pub struct Batch {
+    pub b: usize,
+    /// `[B, 3, S, S]` normalised crops.
+    pub img: Vec<f32>,
+    /// `[B, 21, 3]` (x, y, conf), normalised crop coordinates.
+    pub keypoints_2d: Vec<f32>,
+    /// `[B, 21, 4]` (x, y, z, conf), metres.
+    pub keypoints_3d: Vec<f32>,
+    /// Axis-angle `[B, 3]`, `[B, 45]`, and betas `[B, 10]`.
+    pub global_orient: Vec<f32>,
+    pub hand_pose: Vec<f32>,
+    pub betas: Vec<f32>,
+    /// `[B]` each: 1 where the item has that MANO parameter.
+    pub has_global_orient: Vec<f32>,
+    pub has_hand_pose: Vec<f32>,
+    pub has_betas: Vec<f32>,
+    /// `[B, N, 63]`: the sample loss's noise, when given (else drawn from the counter RNG).
+    pub sample_eps: Option<Vec<f32>>,
+    /// MoCap poses for the discriminator: axis-angle `[M, 45]` and betas `[M, 10]`.
+    pub mocap: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Batch {
+    /// Reads a batch file, checking every shape against the batch size of `img`.
+    pub fn load(f: &TensorFile, image_size: usize) -> Result<Batch> {
+        let img = f.f32("img", None)?;
+        let sh = img.shape().to_vec();
+        if sh.len() != 4 || sh[1] != 3 || sh[2] != image_size || sh[3] != image_size || sh[0] == 0 {
+            return Err(Error::Input(format!(
+                "batch `img` has shape {sh:?}, expected [B, 3, {image_size}, {image_size}]"
+            )));
+        }
+        let b = sh[0];
+        let get = |name: &str, shape: &[usize]| f.f32(name, Some(shape)).map(|t| t.into_vec());
+        let sample_eps = if f.contains("sample_eps") {
+            let t = f.f32("sample_eps", None)?;
+            let s = t.shape().to_vec();
+            if s.len() != 3 || s[0] != b || s[2] != DIM || s[1] == 0 {
+                return Err(Error::Input(format!(
+                    "batch `sample_eps` has shape {s:?}, expected [{b}, N, {DIM}]"
+                )));
+            }
+            Some(t.into_vec())
+        } else {
+            None
+        };
+        let mocap = if f.contains("mocap.hand_pose") {
+            let hp = f.f32("mocap.hand_pose", None)?;
+            let m = hp.dim(0);
+            hp.expect_shape("mocap.hand_pose", &[m, 45])?;
+            Some((hp.into_vec(), get("mocap.betas", &[m, NUM_BETAS])?))
+        } else {
+            None
+        };
+        let batch = Batch {
+            b,
+            img: img.into_vec(),
+            keypoints_2d: get("keypoints_2d", &[b, NUM_KEYPOINTS, 3])?,
+            keypoints_3d: get("keypoints_3d", &[b, NUM_KEYPOINTS, 4])?,
+            global_orient: get("mano_params.global_orient", &[b, 3])?,
+            hand_pose: get("mano_params.hand_pose", &[b, 45])?,
+            betas: get("mano_params.betas", &[b, NUM_BETAS])?,
+            has_global_orient: get("has_mano_params.global_orient", &[b])?,
+            has_hand_pose: get("has_mano_params.hand_pose", &[b])?,
+            has_betas: get("has_mano_params.betas", &[b])?,
+            sample_eps,
+            mocap,
+        };
+        if let Some(i) = batch.img.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Input(format!(
+                "batch `img` holds a non-finite value at flat index {i}"
+            )));
+        }
+        Ok(batch)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct StepOptions {
+    pub weights: LossWeights,
+    /// `--ours-nll exact`: the NLL of N(μ, W·diag(e^s)·Wᵀ + εI) instead of the diagonal one.
+    pub ours_nll_exact: bool,
+    pub exact_jitter: f64,
+    /// Seed and step of the counter RNG (sample noise when the batch carries none).
+    pub seed: u64,
+    pub step: u64,
+}
+
+impl Default for StepOptions {
+    fn default() -> Self {
+        StepOptions {
+            weights: LossWeights::default(),
+            ours_nll_exact: false,
+            exact_jitter: 1e-6,
+            seed: 0,
+            step: 0,
+        }
+    }
+}
+
+pub struct StepOutput {
+    pub terms: LossTerms,
+    pub total: f64,
+    pub grads: Grads,
+    /// The discriminator's loss `L_D` (unweighted) and the gradients of `weight·L_D`.
+    pub disc: Option<(f64, Discriminator<f32>)>,
+    /// ∂loss/∂(backbone output tokens) `[B, T, C]`, the gradient entering the backbone.
+    pub d_tokens: Vec<f32>,
+}
+
+fn add(a: &mut [f32], b: &[f32]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
+
+/// Axis-angle `[n·3]` → rotation matrices `[n·9]`.
+fn aa_to_rot(aa: &[f32]) -> Result<Vec<f32>> {
+    let mut out = vec![0f32; aa.len() * 3];
+    axis_angle_to_rotmat_cpu(aa, &mut out)?;
+    Ok(out)
+}
+
+/// One forward + backward with drop-path off (the configuration `--dump-grads` compares with
+/// PyTorch). Parameter gradients are returned under their state-dict names.
+pub fn train_step(
+    model: &HandModel,
+    disc: Option<&Discriminator<f32>>,
+    batch: &Batch,
+    opt: &StepOptions,
+) -> Result<StepOutput> {
+    let cfg = &model.config;
+    let u = cfg.uncertainty;
+    let b = batch.b;
+    let w = &opt.weights;
+    let (f, s) = (cfg.focal_length as f32, cfg.image_size as f32);
+    // ---- forward ----
+    let (tokens, vit_acts) = model
+        .backbone
+        .forward_train(&batch.img, b, &|_, _| vec![1.0; b]);
+    let mh = model.mano_head.forward_train(&tokens, b)?;
+    let mut rot = vec![0f32; b * NUM_JOINTS * 9];
+    rot6d_to_rotmat_cpu(&mh.pose6d, &mut rot);
+    let m = &model.mano;
+    let mano = ManoData {
+        num_verts: m.num_verts(),
+        num_betas: NUM_BETAS,
+        v_template: m.v_template.data(),
+        shapedirs: m.shapedirs.data(),
+        posedirs: m.posedirs.data(),
+        j_regressor: m.j_regressor.data(),
+        lbs_weights: m.lbs_weights.data(),
+        parents: &m.parents,
+        tips: &m.tips,
+    };
+    let nv = m.num_verts();
+    let mut verts = vec![0f32; b * nv * 3];
+    let mut kp3d = vec![0f32; b * NUM_KEYPOINTS * 3];
+    mano_fwd_cpu(&mano, &rot, &mh.betas, b, &mut verts, &mut kp3d);
+    let mut cam_t = vec![0f32; b * 3];
+    let mut kp2d = vec![0f32; b * NUM_KEYPOINTS * 2];
+    for i in 0..b {
+        let c = &mh.cam[i * 3..i * 3 + 3];
+        let t = cam_translation(&[c[0], c[1], c[2]], f, s);
+        cam_t[i * 3..i * 3 + 3].copy_from_slice(&t);
+        project_cpu(
+            &kp3d[i * 63..(i + 1) * 63],
+            &t,
+            f / s,
+            &mut kp2d[i * 42..(i + 1) * 42],
+        );
+    }
+    let uh = match &model.uncertainty_head {
+        Some(h) => Some(h.forward_train(&tokens, b)?),
+        None => None,
+    };
+
+    // ---- losses (each writes weight·∂L/∂input into its own buffer) ----
+    let mut terms = LossTerms::default();
+    let mut d_kp2d = vec![0f32; kp2d.len()];
+    terms.keypoints_2d = keypoint_2d_l1(
+        &kp2d,
+        &batch.keypoints_2d,
+        w.weight(u, Term::Keypoints2d),
+        &mut d_kp2d,
+    )?;
+    let mut d_kp3d = vec![0f32; kp3d.len()];
+    terms.keypoints_3d = keypoint_3d_l1_rootrel(
+        &kp3d,
+        &batch.keypoints_3d,
+        w.weight(u, Term::Keypoints3d),
+        &mut d_kp3d,
+    )?;
+    let mut d_rot = vec![0f32; rot.len()];
+    let mut d_betas = vec![0f32; mh.betas.len()];
+    {
+        let go: Vec<f32> = rot.chunks(144).flat_map(|r| r[..9].to_vec()).collect();
+        let hp: Vec<f32> = rot.chunks(144).flat_map(|r| r[9..].to_vec()).collect();
+        let (mut d_go, mut d_hp) = (vec![0f32; go.len()], vec![0f32; hp.len()]);
+        terms.global_orient = parameter_mse(
+            &go,
+            &aa_to_rot(&batch.global_orient)?,
+            &batch.has_global_orient,
+            w.weight(u, Term::GlobalOrient),
+            &mut d_go,
+        )?;
+        terms.hand_pose = parameter_mse(
+            &hp,
+            &aa_to_rot(&batch.hand_pose)?,
+            &batch.has_hand_pose,
+            w.weight(u, Term::HandPose),
+            &mut d_hp,
+        )?;
+        terms.betas = parameter_mse(
+            &mh.betas,
+            &batch.betas,
+            &batch.has_betas,
+            w.weight(u, Term::Betas),
+            &mut d_betas,
+        )?;
+        if let Some(d) = disc {
+            let (mut dp, mut db) = (vec![0f32; hp.len()], vec![0f32; d_betas.len()]);
+            terms.adversarial = d.generator_loss(
+                &hp,
+                &mh.betas,
+                w.weight(u, Term::Adversarial),
+                &mut dp,
+                &mut db,
+            )?;
+            add(&mut d_hp, &dp);
+            add(&mut d_betas, &db);
+        }
+        for i in 0..b {
+            d_rot[i * 144..i * 144 + 9].copy_from_slice(&d_go[i * 9..i * 9 + 9]);
+            d_rot[i * 144 + 9..(i + 1) * 144].copy_from_slice(&d_hp[i * 135..(i + 1) * 135]);
+        }
+    }
+    let mut d_raw = uh.as_ref().map(|h| vec![0f32; h.raw.len()]);
+    let mut d_wcov = vec![0f32; DIM * DIM];
+    if let (Some(h), Some(d_raw)) = (&uh, d_raw.as_mut()) {
+        let gt = &batch.keypoints_3d;
+        let mut d_mu = vec![0f32; kp3d.len()];
+        let wn = w.weight(u, Term::Nll);
+        let wmat = model.out_layer_keypoints_3d.as_ref().map(|t| t.data());
+        terms.nll = Some(match (u, opt.ours_nll_exact) {
+            (Uncertainty::Full, _) => nll_full(&kp3d, &h.raw, gt, wn, &mut d_mu, d_raw)?,
+            (Uncertainty::Ours, true) => {
+                let wm = wmat.ok_or_else(|| Error::Config("`ours` needs W".into()))?;
+                nll_exact_lowrank(
+                    &kp3d,
+                    &h.raw,
+                    wm,
+                    gt,
+                    opt.exact_jitter,
+                    wn,
+                    &mut d_mu,
+                    d_raw,
+                    Some(&mut d_wcov),
+                )?
+            }
+            _ => nll_diag(&kp3d, &h.raw, gt, wn, &mut d_mu, d_raw)?,
+        });
+        add(&mut d_kp3d, &d_mu);
+        if Term::SampleMean.used_by(u) {
+            let n = w.sample_num;
+            let eps = match &batch.sample_eps {
+                Some(e) => e.clone(),
+                None => {
+                    let mut e = vec![0f32; b * n * DIM];
+                    super::rng::fill_normals_batch(
+                        opt.seed,
+                        super::rng::STREAM_SAMPLE_NOISE,
+                        opt.step,
+                        0,
+                        n * DIM,
+                        &mut e,
+                    );
+                    e
+                }
+            };
+            let (mut d_mu, mut d_s) = (vec![0f32; kp3d.len()], vec![0f32; h.raw.len()]);
+            let wm = if u == Uncertainty::Ours { wmat } else { None };
+            let dw = if u == Uncertainty::Ours {
+                Some(&mut d_wcov[..])
+            } else {
+                None
+            };
+            terms.sample_mean = Some(sample_mean(
+                &kp3d,
+                &h.raw,
+                wm,
+                &eps,
+                gt,
+                w.weight(u, Term::SampleMean),
+                &mut d_mu,
+                &mut d_s,
+                dw,
+            )?);
+            add(&mut d_kp3d, &d_mu);
+            add(d_raw, &d_s);
+        }
+        if Term::UncertaintyReg.used_by(u) {
+            let mut d_s = vec![0f32; h.raw.len()];
+            terms.uncertainty_reg = Some(uncertainty_reg(
+                &h.raw,
+                w.weight(u, Term::UncertaintyReg),
+                &mut d_s,
+            )?);
+            add(d_raw, &d_s);
+        }
+    }
+    let total = w.total(u, &terms)?;
+
+    // ---- backward ----
+    let mut g = Grads::default();
+    let mut d_cam = vec![0f32; b * 3];
+    for i in 0..b {
+        let t = [cam_t[i * 3], cam_t[i * 3 + 1], cam_t[i * 3 + 2]];
+        let mut d_pts = vec![0f32; 63];
+        let mut d_t = [0f32; 3];
+        project_bwd_cpu(
+            &kp3d[i * 63..(i + 1) * 63],
+            &t,
+            f / s,
+            &d_kp2d[i * 42..(i + 1) * 42],
+            &mut d_pts,
+            &mut d_t,
+        );
+        add(&mut d_kp3d[i * 63..(i + 1) * 63], &d_pts);
+        let c = &mh.cam[i * 3..i * 3 + 3];
+        d_cam[i * 3..i * 3 + 3].copy_from_slice(&cam_translation_bwd(
+            &[c[0], c[1], c[2]],
+            f,
+            s,
+            &d_t,
+        ));
+    }
+    let (mut d_rot_m, mut d_betas_m) = (vec![0f32; rot.len()], vec![0f32; d_betas.len()]);
+    mano_bwd_cpu(
+        &mano,
+        &rot,
+        &mh.betas,
+        b,
+        &vec![0f32; verts.len()],
+        &d_kp3d,
+        &mut d_rot_m,
+        &mut d_betas_m,
+    );
+    add(&mut d_rot, &d_rot_m);
+    add(&mut d_betas, &d_betas_m);
+    let mut d_pose6d = vec![0f32; mh.pose6d.len()];
+    rot6d_to_rotmat_bwd_cpu(&mh.pose6d, &d_rot, &mut d_pose6d);
+    let mut d_ctx = vec![0f32; tokens.len()];
+    model.mano_head.backward(
+        &mh, &d_pose6d, &d_betas, &d_cam, &tokens, &mut d_ctx, &mut g,
+    );
+    if let (Some(head), Some(h), Some(d_raw)) = (&model.uncertainty_head, &uh, &d_raw) {
+        head.backward(h, d_raw, &tokens, &mut d_ctx, &mut g);
+        if u == Uncertainty::Ours {
+            g.put("out_layer_keypoints_3d.weight", d_wcov);
+        }
+    }
+    model.backbone.backward(&vit_acts, &d_ctx, &mut g);
+
+    // ---- the discriminator's own loss on (detached predictions, MoCap) ----
+    let disc_out = match (disc, &batch.mocap) {
+        (Some(d), Some((mhp, mbetas))) => {
+            let hp: Vec<f32> = rot.chunks(144).flat_map(|r| r[9..].to_vec()).collect();
+            let real = aa_to_rot(mhp)?;
+            let mut grads = Discriminator::<f32>::zeros();
+            let l =
+                d.discriminator_loss(&hp, &mh.betas, &real, mbetas, b, w.adversarial, &mut grads)?;
+            Some((l, grads))
+        }
+        _ => None,
+    };
+    Ok(StepOutput {
+        terms,
+        total,
+        grads: g,
+        disc: disc_out,
+        d_tokens: d_ctx,
+    })
+}
