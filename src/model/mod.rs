@@ -9,6 +9,7 @@ pub mod decoder;
 pub mod heads;
 pub mod layers;
 pub mod mano;
+pub mod params;
 pub mod vit;
 pub mod weights;
 
