@@ -152,9 +152,9 @@ pub struct VitActs {
 }
 
 impl Block {
-    fn forward_train(&self, x: &mut Vec<f32>, b: usize, s: usize, dp: [Vec<f32>; 2]) -> BlockActs {
+    fn forward_train(&self, x: &mut [f32], b: usize, s: usize, dp: [Vec<f32>; 2]) -> BlockActs {
         let c = x.len() / (b * s);
-        let x0 = x.clone();
+        let x0 = x.to_vec();
         let h1 = ln_fwd(&self.norm1, x, c);
         let qkv = lin_fwd(&self.attn.qkv, &h1);
         let heads = self.attn.num_heads;
@@ -164,7 +164,7 @@ impl Block {
         let mut branch = lin_fwd(&self.attn.proj, &att);
         scale_rows(&mut branch, s * c, &dp[0]);
         add(x, &branch);
-        let x1 = x.clone();
+        let x1 = x.to_vec();
         let h2 = ln_fwd(&self.norm2, x, c);
         let pre = lin_fwd(&self.mlp.fc1, &h2);
         let mut hid = pre.clone();
@@ -190,13 +190,13 @@ impl Block {
         &self,
         a: &BlockActs,
         name: &str,
-        dx: &mut Vec<f32>,
+        dx: &mut [f32],
         b: usize,
         s: usize,
         g: &mut Grads,
     ) {
         let c = dx.len() / (b * s);
-        let mut d_branch = dx.clone();
+        let mut d_branch = dx.to_vec();
         scale_rows(&mut d_branch, s * c, &a.dp[1]);
         let mut d_hid = lin_bwd(
             &self.mlp.fc2,
@@ -211,7 +211,7 @@ impl Block {
             dx,
             &ln_bwd(&self.norm2, &format!("{name}.norm2"), &a.x1, &d_h2, c, g),
         );
-        let mut d_branch = dx.clone();
+        let mut d_branch = dx.to_vec();
         scale_rows(&mut d_branch, s * c, &a.dp[0]);
         let d_att = lin_bwd(
             &self.attn.proj,
@@ -374,13 +374,13 @@ impl TransformerDecoder {
         let mut x: Vec<f32> = (0..b).flat_map(|_| token.iter().copied()).collect();
         let mut layers = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
-            let x0 = x.clone();
+            let x0 = x.to_vec();
             let ha = ln_fwd(&l.self_attn.norm, &x, self.dim);
             let w = &l.self_attn.to_qkv.weight.data()[2 * inner * self.dim..];
             let mut v = vec![0f32; b * inner];
             linear_cpu(&ha, w, None, self.dim, inner, Epilogue::None, &mut v);
             add(&mut x, &lin_fwd(&l.self_attn.to_out, &v));
-            let x1 = x.clone();
+            let x1 = x.to_vec();
             let hb = ln_fwd(&l.cross_attn.norm, &x, self.dim);
             let q = lin_fwd(&l.cross_attn.to_q, &hb);
             let kv = lin_fwd(&l.cross_attn.to_kv, ctx);
@@ -581,6 +581,7 @@ impl ManoHead {
     }
 
     /// Backward from the readouts' gradients; adds into `d_ctx`.
+    #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
         o: &ManoHeadOut,

@@ -134,10 +134,9 @@ mod tests {
         assert!((p[0] as f64 - want1).abs() < 1e-6, "{} vs {want1}", p[0]);
         g.map.insert("w".into(), vec![-0.25]);
         opt.update([("w".to_string(), p.as_mut_slice())], &g);
-        let (m, v) = (0.9 * 0.05 + 0.1 * -0.25, 0.999 * 0.00025 + 0.001 * 0.0625);
+        let (m, v): (f64, f64) = (0.9 * 0.05 + 0.1 * -0.25, 0.999 * 0.00025 + 0.001 * 0.0625);
         let (bc1, bc2) = (1.0 - 0.9f64.powi(2), 1.0 - 0.999f64.powi(2));
-        let want2 =
-            want1 * (1.0 - 0.001) - (0.1 / bc1) * m / ((v as f64).sqrt() / bc2.sqrt() + 1e-8);
+        let want2 = want1 * (1.0 - 0.001) - (0.1 / bc1) * m / (v.sqrt() / bc2.sqrt() + 1e-8);
         assert!((p[0] as f64 - want2).abs() < 1e-6, "{} vs {want2}", p[0]);
     }
 
