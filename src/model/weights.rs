@@ -28,6 +28,7 @@ pub struct TensorFile {
     map: Arc<Mmap>,
     entries: BTreeMap<String, Entry>,
     used: RefCell<BTreeSet<String>>,
+    metadata: Option<std::collections::HashMap<String, String>>,
 }
 
 impl TensorFile {
@@ -60,12 +61,21 @@ impl TensorFile {
             );
         }
         drop(st);
+        let metadata = SafeTensors::read_metadata(&map)
+            .ok()
+            .and_then(|(_, m)| m.metadata().clone());
         Ok(TensorFile {
             path: path.to_path_buf(),
             map: Arc::new(map),
             entries,
             used: RefCell::new(BTreeSet::new()),
+            metadata,
         })
+    }
+
+    /// The file's `__metadata__` string map, if any.
+    pub fn metadata(&self) -> Option<&std::collections::HashMap<String, String>> {
+        self.metadata.as_ref()
     }
 
     pub fn path(&self) -> &Path {

@@ -11,12 +11,14 @@
 //! finite-difference tests, which therefore check exactly the code that trains).
 
 pub mod adamw;
+pub mod checkpoint;
 pub mod cholesky;
 pub mod discriminator;
 pub mod losses;
 pub mod nll;
 pub mod rng;
 pub mod step;
+pub mod trainer;
 
 #[cfg(test)]
 pub(crate) mod gradcheck;

@@ -334,7 +334,9 @@ pub fn train_step(
             add(d_raw, &d_s);
         }
     }
-    let total = w.total(u, &terms)?;
+    // A non-finite total (NaN in a label, a diverged model) is reported as NaN: the trainer
+    // skips such a step rather than failing.
+    let total = w.total(u, &terms).unwrap_or(f64::NAN);
 
     // ---- backward ----
     let mut g = Grads::default();

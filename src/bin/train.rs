@@ -1,0 +1,333 @@
+//! `train`: fine-tune the model with hand-written backward passes (see `train --help`).
+
+use handcov::error::{Error, Result};
+use handcov::model::config::{ModelConfig, Uncertainty};
+use handcov::model::weights::{save_f32, TensorFile};
+use handcov::model::{detect_uncertainty, HandModel};
+use handcov::tensor::Tensor;
+use handcov::train::adamw::AdamWConfig;
+use handcov::train::discriminator::Discriminator;
+use handcov::train::step::{train_step, Batch, StepOptions};
+use handcov::train::trainer::{BatchSource, RepeatBatch, StepReport, Trainer};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const HELP: &str = "\
+train: fine-tune HaMeR + an uncertainty head with hand-written backward passes (CPU)
+
+USAGE (one-step gradient dump, for comparison with PyTorch):
+  train --config CFG --weights W.safetensors [--mano M.safetensors] --batch-file B.safetensors
+        --dump-grads OUT.safetensors [--discriminator D.safetensors] [--ours-nll exact]
+USAGE (training):
+  train --config CFG --init W.safetensors [--mano M] --batch-file B.safetensors --steps N
+        --out DIR [--resume CKPT] [--discriminator D] [--lr 1e-6] [--weight-decay 1e-4]
+        [--clip-grad NORM] [--seed S] [--log-every N] [--ckpt-every N] [--ours-nll exact]
+
+OPTIONS:
+  --config NAME_OR_FILE   preset (hamer, tiny) or config JSON; --uncertainty overrides its type
+  --uncertainty TYPE      none|diag|full|ours|ours_wo_linear (with a preset: read from weights)
+  --device cpu            training runs on the CPU (the CUDA path is not written yet)
+  --discriminator FILE    the discriminator's weights (`discriminator.*`); with a MoCap stream
+                          in the batch (`mocap.hand_pose`, `mocap.betas`) the adversarial terms
+                          are on; without one they are off (one notice)
+
+The batch file holds the tensors of SPEC §1.5: img [B,3,S,S], keypoints_2d [B,21,3],
+keypoints_3d [B,21,4], mano_params.{global_orient [B,3], hand_pose [B,45], betas [B,10]},
+has_mano_params.{global_orient,hand_pose,betas} [B], optional sample_eps [B,N,63],
+optional mocap.hand_pose [M,45] and mocap.betas [M,10].
+A step with a non-finite loss or gradient is skipped and counted; checkpoints never hold one.
+";
+
+fn opt<T: std::str::FromStr>(p: &mut pico_args::Arguments, flag: &'static str) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    p.opt_value_from_fn(flag, |v| v.parse::<T>().map_err(|e| format!("{e}")))
+        .map_err(|e| Error::Input(format!("{flag}: {e} (see --help)")))
+}
+
+struct Args {
+    config: String,
+    uncertainty: Option<String>,
+    weights: Option<PathBuf>,
+    init: Option<PathBuf>,
+    mano: Option<PathBuf>,
+    batch_file: Option<PathBuf>,
+    dump_grads: Option<PathBuf>,
+    discriminator: Option<PathBuf>,
+    ours_nll: String,
+    device: String,
+    steps: u64,
+    out: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    lr: f32,
+    weight_decay: f32,
+    clip: Option<f32>,
+    seed: u64,
+    log_every: u64,
+    ckpt_every: u64,
+}
+
+fn parse() -> Result<Option<Args>> {
+    let mut p = pico_args::Arguments::from_env();
+    if p.contains(["-h", "--help"]) {
+        print!("{HELP}");
+        return Ok(None);
+    }
+    let a = Args {
+        config: opt(&mut p, "--config")?.unwrap_or_else(|| "hamer".into()),
+        uncertainty: opt(&mut p, "--uncertainty")?,
+        weights: opt(&mut p, "--weights")?,
+        init: opt(&mut p, "--init")?,
+        mano: opt(&mut p, "--mano")?,
+        batch_file: opt(&mut p, "--batch-file")?,
+        dump_grads: opt(&mut p, "--dump-grads")?,
+        discriminator: opt(&mut p, "--discriminator")?,
+        ours_nll: opt(&mut p, "--ours-nll")?.unwrap_or_else(|| "reference".into()),
+        device: opt(&mut p, "--device")?.unwrap_or_else(|| "cpu".into()),
+        steps: opt(&mut p, "--steps")?.unwrap_or(0),
+        out: opt(&mut p, "--out")?,
+        resume: opt(&mut p, "--resume")?,
+        lr: opt(&mut p, "--lr")?.unwrap_or(1e-6),
+        weight_decay: opt(&mut p, "--weight-decay")?.unwrap_or(1e-4),
+        clip: opt(&mut p, "--clip-grad")?,
+        seed: opt(&mut p, "--seed")?.unwrap_or(0),
+        log_every: opt(&mut p, "--log-every")?.unwrap_or(1),
+        ckpt_every: opt(&mut p, "--ckpt-every")?.unwrap_or(0),
+    };
+    if let Some(x) = p.finish().first() {
+        return Err(Error::Input(format!(
+            "unexpected argument {x:?} (see --help)"
+        )));
+    }
+    if a.device != "cpu" {
+        return Err(Error::Input(format!("--device {}: training runs on the CPU for now (the CUDA training path is not written yet)", a.device)));
+    }
+    if a.ours_nll != "reference" && a.ours_nll != "exact" {
+        return Err(Error::Input(format!(
+            "--ours-nll {}: expected reference or exact",
+            a.ours_nll
+        )));
+    }
+    if !(a.lr.is_finite() && a.lr > 0.0) || !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
+        return Err(Error::Input(
+            "--lr must be positive and --weight-decay non-negative".into(),
+        ));
+    }
+    Ok(Some(a))
+}
+
+fn load_model(a: &Args, weights: &Path) -> Result<HandModel> {
+    let wf = TensorFile::open(weights)?;
+    let mano = a.mano.as_deref().map(TensorFile::open).transpose()?;
+    let mut cfg = ModelConfig::load(&a.config)?;
+    match &a.uncertainty {
+        Some(u) => cfg.uncertainty = Uncertainty::parse(u)?,
+        None if ModelConfig::preset(&a.config).is_some() => {
+            cfg.uncertainty = detect_uncertainty(&wf)
+        }
+        None => {}
+    }
+    HandModel::load(cfg, &wf, mano.as_ref())
+}
+
+fn load_disc(a: &Args, batch: &Batch) -> Result<Option<Discriminator<f32>>> {
+    match (&a.discriminator, &batch.mocap) {
+        (Some(p), _) => Ok(Some(Discriminator::<f32>::load(&TensorFile::open(p)?)?)),
+        (None, _) => {
+            eprintln!("note: no --discriminator: the adversarial terms are off");
+            Ok(None)
+        }
+    }
+}
+
+fn scalar(v: f64) -> Result<Tensor> {
+    Tensor::from_vec(&[1], vec![v as f32])
+}
+
+fn dump_grads(a: &Args, weights: &Path, out: &Path) -> Result<()> {
+    let model = load_model(a, weights)?;
+    let bf = a
+        .batch_file
+        .as_ref()
+        .ok_or_else(|| Error::Input("--dump-grads needs --batch-file".into()))?;
+    let batch = Batch::load(&TensorFile::open(bf)?, model.config.image_size)?;
+    let disc = load_disc(a, &batch)?;
+    let opts = StepOptions {
+        ours_nll_exact: a.ours_nll == "exact",
+        seed: a.seed,
+        ..Default::default()
+    };
+    let s = train_step(&model, disc.as_ref(), &batch, &opts)?;
+    let t = &s.terms;
+    let mut owned: Vec<(String, Tensor)> = vec![
+        ("loss".into(), scalar(s.total)?),
+        ("loss_keypoints_2d".into(), scalar(t.keypoints_2d)?),
+        ("loss_keypoints_3d".into(), scalar(t.keypoints_3d)?),
+        (
+            "loss_keypoints_3d_nll".into(),
+            scalar(t.nll.unwrap_or(0.0))?,
+        ),
+        (
+            "loss_sample_mean_keypoints_3d".into(),
+            scalar(t.sample_mean.unwrap_or(0.0))?,
+        ),
+        ("loss_global_orient".into(), scalar(t.global_orient)?),
+        ("loss_hand_pose".into(), scalar(t.hand_pose)?),
+        ("loss_betas".into(), scalar(t.betas)?),
+        ("loss_adv".into(), scalar(t.adversarial)?),
+    ];
+    for (name, g) in &s.grads.map {
+        owned.push((
+            format!("grad.{name}"),
+            Tensor::from_vec(&[g.len()], g.clone())?,
+        ));
+    }
+    if let Some((l, dg)) = &s.disc {
+        owned.push(("disc_loss".into(), scalar(*l)?));
+        for (name, shape, v) in dg.tensors() {
+            owned.push((
+                format!("grad_disc.{name}"),
+                Tensor::from_vec(&shape, v.to_vec())?,
+            ));
+        }
+    }
+    let refs: Vec<(&str, &Tensor)> = owned.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    save_f32(out, &refs, None)?;
+    eprintln!(
+        "wrote {} (loss {:.6e}, {} parameter gradients)",
+        out.display(),
+        s.total,
+        s.grads.map.len()
+    );
+    Ok(())
+}
+
+fn report_json(r: &StepReport, skipped_total: u64) -> String {
+    let t = &r.terms;
+    serde_json::json!({
+        "step": r.step,
+        "loss": r.total,
+        "loss_keypoints_2d": t.keypoints_2d,
+        "loss_keypoints_3d": t.keypoints_3d,
+        "loss_keypoints_3d_nll": t.nll,
+        "loss_sample_mean_keypoints_3d": t.sample_mean,
+        "loss_global_orient": t.global_orient,
+        "loss_hand_pose": t.hand_pose,
+        "loss_betas": t.betas,
+        "loss_adv": t.adversarial,
+        "disc_loss": r.disc_loss,
+        "skipped": r.skipped,
+        "skipped_total": skipped_total,
+        "images_per_s": r.batch as f64 / r.seconds.max(1e-9),
+    })
+    .to_string()
+}
+
+fn train(a: &Args) -> Result<()> {
+    let init =
+        a.init.as_ref().or(a.weights.as_ref()).ok_or_else(|| {
+            Error::Input("training needs --init W.safetensors (see --help)".into())
+        })?;
+    let out = a
+        .out
+        .as_ref()
+        .ok_or_else(|| Error::Input("training needs --out DIR".into()))?;
+    let bf = a.batch_file.as_ref().ok_or_else(|| {
+        Error::Input("training needs --batch-file (the dataset loader comes next)".into())
+    })?;
+    if a.steps == 0 {
+        return Err(Error::Input("--steps must be at least 1".into()));
+    }
+    let model = load_model(a, init)?;
+    let batch = Batch::load(&TensorFile::open(bf)?, model.config.image_size)?;
+    let disc = load_disc(a, &batch)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let adamw = AdamWConfig {
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        clip_norm: a.clip,
+        ..Default::default()
+    };
+    let opts = StepOptions {
+        ours_nll_exact: a.ours_nll == "exact",
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(model, adamw, disc, opts, a.seed);
+    let mut source = RepeatBatch::new(batch);
+    if let Some(ckpt) = &a.resume {
+        trainer.resume(ckpt)?;
+        source.seek(trainer.state.cursor)?;
+        eprintln!(
+            "resumed from {} at step {}",
+            ckpt.display(),
+            trainer.state.step
+        );
+    }
+    let log_path = out.join("log.jsonl");
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::io(&log_path, e))?;
+    let t_start = std::time::Instant::now();
+    let first = trainer.state.step;
+    while trainer.state.step < a.steps {
+        let batch = source.next_batch()?;
+        let r = trainer.step(&batch)?;
+        trainer.state.cursor = source.cursor();
+        let line = report_json(&r, trainer.state.skipped_steps);
+        writeln!(log, "{line}").map_err(|e| Error::io(&log_path, e))?;
+        if r.skipped {
+            eprintln!(
+                "step {}: non-finite loss or gradient, step skipped ({} so far)",
+                r.step, trainer.state.skipped_steps
+            );
+        }
+        let done = trainer.state.step - first;
+        if a.log_every > 0 && (r.step % a.log_every == 0 || trainer.state.step == a.steps) {
+            let eta = t_start.elapsed().as_secs_f64() / done as f64
+                * (a.steps - trainer.state.step) as f64;
+            println!(
+                "step {:>6}  loss {:.6e}  2d {:.4e}  3d {:.4e}  nll {}  img/s {:.1}  eta {:.0}s",
+                r.step,
+                r.total,
+                r.terms.keypoints_2d,
+                r.terms.keypoints_3d,
+                r.terms
+                    .nll
+                    .map(|v| format!("{v:.4e}"))
+                    .unwrap_or_else(|| "-".into()),
+                r.batch as f64 / r.seconds.max(1e-9),
+                eta
+            );
+        }
+        if a.ckpt_every > 0 && trainer.state.step % a.ckpt_every == 0 {
+            trainer.save(&out.join(format!("step_{:06}.safetensors", trainer.state.step)))?;
+        }
+    }
+    trainer.save(&out.join("last.safetensors"))?;
+    eprintln!(
+        "done: {} steps, {} skipped; checkpoint {}",
+        trainer.state.step,
+        trainer.state.skipped_steps,
+        out.join("last.safetensors").display()
+    );
+    Ok(())
+}
+
+fn run() -> Result<()> {
+    let Some(a) = parse()? else { return Ok(()) };
+    match (&a.dump_grads, &a.weights) {
+        (Some(out), Some(w)) => dump_grads(&a, w, out),
+        (Some(_), None) => Err(Error::Input("--dump-grads needs --weights".into())),
+        (None, _) => train(&a),
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+}

@@ -1,0 +1,155 @@
+//! Training checkpoints in safetensors: every model parameter under its state-dict name (so a
+//! checkpoint is also a weights file `infer` reads), the AdamW moments (`optim.exp_avg.<name>`,
+//! `optim.exp_avg_sq.<name>`), the discriminator and its moments (`discriminator.*`,
+//! `optim_disc.*`), and in the metadata the step, the seed and the data cursor. Written through
+//! a temporary file and a rename, and never with a non-finite value.
+
+use super::adamw::AdamW;
+use super::discriminator::Discriminator;
+use crate::error::{Error, Result};
+use crate::model::weights::{save_f32, TensorFile};
+use crate::model::HandModel;
+use crate::tensor::Tensor;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Where training stands, besides the tensors.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrainState {
+    pub step: u64,
+    pub seed: u64,
+    /// Data cursor (epoch, position), meaningful to the data source that wrote it.
+    pub cursor: (u64, u64),
+    pub skipped_steps: u64,
+}
+
+fn tensor(shape_len: usize, v: &[f32]) -> Result<Tensor> {
+    Tensor::from_vec(&[shape_len], v.to_vec())
+}
+
+/// Writes a checkpoint atomically. Refuses to write a non-finite value.
+pub fn save(
+    path: &Path,
+    model: &mut HandModel,
+    opt: &AdamW,
+    disc: Option<(&Discriminator<f32>, &AdamW)>,
+    state: &TrainState,
+) -> Result<()> {
+    let mut owned: Vec<(String, Tensor)> = Vec::new();
+    let mut push = |name: String, t: Tensor| -> Result<()> {
+        if let Some(i) = t.data().iter().position(|v| !v.is_finite()) {
+            return Err(Error::Input(format!(
+                "refusing to checkpoint: `{name}` holds a non-finite value at {i}"
+            )));
+        }
+        owned.push((name, t));
+        Ok(())
+    };
+    for (name, t) in model.params_mut() {
+        let shape = t.shape().to_vec();
+        push(name.clone(), Tensor::from_vec(&shape, t.data().to_vec())?)?;
+    }
+    for (name, m) in &opt.exp_avg {
+        push(format!("optim.exp_avg.{name}"), tensor(m.len(), m)?)?;
+    }
+    for (name, v) in &opt.exp_avg_sq {
+        push(format!("optim.exp_avg_sq.{name}"), tensor(v.len(), v)?)?;
+    }
+    if let Some((d, dopt)) = disc {
+        for (name, shape, v) in d.tensors() {
+            push(name, Tensor::from_vec(&shape, v.to_vec())?)?;
+        }
+        for (name, m) in &dopt.exp_avg {
+            push(format!("optim_disc.exp_avg.{name}"), tensor(m.len(), m)?)?;
+        }
+        for (name, v) in &dopt.exp_avg_sq {
+            push(format!("optim_disc.exp_avg_sq.{name}"), tensor(v.len(), v)?)?;
+        }
+    }
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "handcov-checkpoint-1".to_string());
+    meta.insert("step".to_string(), state.step.to_string());
+    meta.insert("optim_step".to_string(), opt.step.to_string());
+    meta.insert(
+        "optim_disc_step".to_string(),
+        disc.map(|(_, o)| o.step).unwrap_or(0).to_string(),
+    );
+    meta.insert("seed".to_string(), state.seed.to_string());
+    meta.insert(
+        "cursor".to_string(),
+        format!("{},{}", state.cursor.0, state.cursor.1),
+    );
+    meta.insert("skipped_steps".to_string(), state.skipped_steps.to_string());
+    meta.insert(
+        "uncertainty".to_string(),
+        model.config.uncertainty.name().to_string(),
+    );
+    let refs: Vec<(&str, &Tensor)> = owned.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    save_f32(path, &refs, Some(meta))
+}
+
+fn meta_u64(meta: &HashMap<String, String>, key: &str, path: &Path) -> Result<u64> {
+    meta.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| {
+        Error::Weights(format!(
+            "{}: checkpoint metadata lacks `{key}`",
+            path.display()
+        ))
+    })
+}
+
+/// Restores a checkpoint into `model` (whose structure must match), the optimisers and the
+/// discriminator; returns the training state.
+pub fn load(
+    path: &Path,
+    model: &mut HandModel,
+    opt: &mut AdamW,
+    disc: Option<(&mut Discriminator<f32>, &mut AdamW)>,
+) -> Result<TrainState> {
+    let f = TensorFile::open(path)?;
+    let meta = f.metadata().cloned().unwrap_or_default();
+    if meta.get("format").map(|s| s.as_str()) != Some("handcov-checkpoint-1") {
+        return Err(Error::Weights(format!(
+            "{}: not a handcov training checkpoint (no format metadata)",
+            path.display()
+        )));
+    }
+    for (name, t) in model.params_mut() {
+        let shape = t.shape().to_vec();
+        let src = f.f32(&name, Some(&shape))?;
+        t.data_mut().copy_from_slice(src.data());
+    }
+    let restore = |prefix: &str, o: &mut AdamW, step_key: &str| -> Result<()> {
+        o.step = meta_u64(&meta, step_key, path)?;
+        o.exp_avg.clear();
+        o.exp_avg_sq.clear();
+        for name in f.names().map(|s| s.to_string()).collect::<Vec<_>>() {
+            if let Some(p) = name.strip_prefix(&format!("{prefix}.exp_avg.")) {
+                o.exp_avg
+                    .insert(p.to_string(), f.f32(&name, None)?.into_vec());
+            } else if let Some(p) = name.strip_prefix(&format!("{prefix}.exp_avg_sq.")) {
+                o.exp_avg_sq
+                    .insert(p.to_string(), f.f32(&name, None)?.into_vec());
+            }
+        }
+        Ok(())
+    };
+    restore("optim", opt, "optim_step")?;
+    if let Some((d, dopt)) = disc {
+        let names: Vec<(String, Vec<usize>)> =
+            d.tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
+        for ((name, shape), dst) in names.into_iter().zip(d.tensors_mut()) {
+            dst.copy_from_slice(f.f32(&name, Some(&shape))?.data());
+        }
+        restore("optim_disc", dopt, "optim_disc_step")?;
+    }
+    let cursor = meta.get("cursor").and_then(|c| {
+        let (a, b) = c.split_once(',')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    });
+    Ok(TrainState {
+        step: meta_u64(&meta, "step", path)?,
+        seed: meta_u64(&meta, "seed", path)?,
+        cursor: cursor.unwrap_or((0, 0)),
+        skipped_steps: meta_u64(&meta, "skipped_steps", path)?,
+    })
+}

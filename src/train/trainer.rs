@@ -1,0 +1,172 @@
+//! The training loop: one step = forward, losses, hand-written backward, a finiteness check
+//! (a non-finite loss or gradient skips the step, counted, and never reaches the weights), the
+//! AdamW update of the model, then the discriminator's own step; periodic checkpoints.
+
+use super::adamw::{AdamW, AdamWConfig};
+use super::checkpoint::{self, TrainState};
+use super::discriminator::Discriminator;
+use super::losses::LossTerms;
+use super::step::{train_step, Batch, StepOptions};
+use crate::error::Result;
+use crate::model::backward::Grads;
+use crate::model::HandModel;
+use std::path::Path;
+
+/// Where batches come from. The cursor is saved in checkpoints so a resumed run continues
+/// with exactly the batches an uninterrupted run would have seen.
+pub trait BatchSource {
+    fn next_batch(&mut self) -> Result<Batch>;
+    fn cursor(&self) -> (u64, u64);
+    fn seek(&mut self, cursor: (u64, u64)) -> Result<()>;
+}
+
+/// The same batch at every step (`train --batch-file`).
+pub struct RepeatBatch {
+    batch: Batch,
+    served: u64,
+}
+
+impl RepeatBatch {
+    pub fn new(batch: Batch) -> RepeatBatch {
+        RepeatBatch { batch, served: 0 }
+    }
+}
+
+impl BatchSource for RepeatBatch {
+    fn next_batch(&mut self) -> Result<Batch> {
+        self.served += 1;
+        let b = &self.batch;
+        Ok(Batch {
+            b: b.b,
+            img: b.img.clone(),
+            keypoints_2d: b.keypoints_2d.clone(),
+            keypoints_3d: b.keypoints_3d.clone(),
+            global_orient: b.global_orient.clone(),
+            hand_pose: b.hand_pose.clone(),
+            betas: b.betas.clone(),
+            has_global_orient: b.has_global_orient.clone(),
+            has_hand_pose: b.has_hand_pose.clone(),
+            has_betas: b.has_betas.clone(),
+            sample_eps: b.sample_eps.clone(),
+            mocap: b.mocap.clone(),
+        })
+    }
+    fn cursor(&self) -> (u64, u64) {
+        (0, self.served)
+    }
+    fn seek(&mut self, cursor: (u64, u64)) -> Result<()> {
+        self.served = cursor.1;
+        Ok(())
+    }
+}
+
+/// What one step did.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    pub step: u64,
+    pub total: f64,
+    pub terms: LossTerms,
+    pub disc_loss: Option<f64>,
+    /// The step was skipped (non-finite loss or gradient).
+    pub skipped: bool,
+    pub seconds: f64,
+    pub batch: usize,
+}
+
+pub struct Trainer {
+    pub model: HandModel,
+    pub opt: AdamW,
+    /// The discriminator and its optimiser (adversarial terms on); `None` turns them off.
+    pub disc: Option<(Discriminator<f32>, AdamW)>,
+    pub state: TrainState,
+    pub step_options: StepOptions,
+}
+
+fn finite(g: &Grads) -> bool {
+    g.map.values().all(|v| v.iter().all(|x| x.is_finite()))
+}
+
+impl Trainer {
+    pub fn new(
+        model: HandModel,
+        adamw: AdamWConfig,
+        disc: Option<Discriminator<f32>>,
+        step_options: StepOptions,
+        seed: u64,
+    ) -> Trainer {
+        Trainer {
+            model,
+            opt: AdamW::new(adamw),
+            disc: disc.map(|d| (d, AdamW::new(adamw))),
+            state: TrainState {
+                seed,
+                ..Default::default()
+            },
+            step_options,
+        }
+    }
+
+    /// One training step on `batch`.
+    pub fn step(&mut self, batch: &Batch) -> Result<StepReport> {
+        let t0 = std::time::Instant::now();
+        let opts = StepOptions {
+            seed: self.state.seed,
+            step: self.state.step,
+            ..self.step_options
+        };
+        let out = train_step(
+            &self.model,
+            self.disc.as_ref().map(|(d, _)| d),
+            batch,
+            &opts,
+        )?;
+        let disc_ok = out.disc.as_ref().is_none_or(|(l, g)| {
+            l.is_finite()
+                && g.tensors()
+                    .iter()
+                    .all(|(_, _, v)| v.iter().all(|x| x.is_finite()))
+        });
+        let skipped = !(out.total.is_finite() && finite(&out.grads) && disc_ok);
+        if skipped {
+            self.state.skipped_steps += 1;
+        } else {
+            self.opt.update(
+                self.model
+                    .params_mut()
+                    .into_iter()
+                    .map(|(n, t)| (n, t.data_mut())),
+                &out.grads,
+            );
+            if let (Some((d, dopt)), Some((_, dg))) = (self.disc.as_mut(), out.disc.as_ref()) {
+                let mut g = Grads::default();
+                for (n, _, v) in dg.tensors() {
+                    g.put(&n, v.to_vec());
+                }
+                let names: Vec<String> = d.tensors().into_iter().map(|(n, _, _)| n).collect();
+                dopt.update(names.into_iter().zip(d.tensors_mut()), &g);
+            }
+        }
+        let report = StepReport {
+            step: self.state.step,
+            total: out.total,
+            terms: out.terms,
+            disc_loss: out.disc.as_ref().map(|(l, _)| *l),
+            skipped,
+            seconds: t0.elapsed().as_secs_f64(),
+            batch: batch.b,
+        };
+        self.state.step += 1;
+        Ok(report)
+    }
+
+    pub fn save(&mut self, path: &Path) -> Result<()> {
+        let disc = self.disc.as_ref().map(|(d, o)| (d, o));
+        checkpoint::save(path, &mut self.model, &self.opt, disc, &self.state)
+    }
+
+    pub fn resume(&mut self, path: &Path) -> Result<()> {
+        let disc = self.disc.as_mut().map(|(d, o)| (d, o));
+        self.state = checkpoint::load(path, &mut self.model, &mut self.opt, disc)?;
+        Ok(())
+    }
+}

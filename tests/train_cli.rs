@@ -1,0 +1,295 @@
+//! The `train` binary: the one-step gradient dump against PyTorch, a resumed run bitwise equal
+//! to an uninterrupted one, a NaN in a batch skipped without touching the weights, and clean
+//! errors for bad input.
+
+mod common;
+
+use common::*;
+use handcov::model::config::Uncertainty;
+use handcov::model::weights::TensorFile;
+use handcov::tensor::rel_err;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn train(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn setup(name: &str, u: Uncertainty) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = scratch(name);
+    let w = tiny_weights_for(u, &dir);
+    let cfg = dir.join("cfg.json");
+    std::fs::write(&cfg, tiny_config(u).to_json()).unwrap();
+    (dir, w, cfg)
+}
+
+#[test]
+fn dump_grads_matches_pytorch() {
+    let (dir, w, cfg) = setup("train_cli_dump", Uncertainty::Ours);
+    let out = dir.join("grads.safetensors");
+    let run = train(&[
+        "--config",
+        s(&cfg),
+        "--weights",
+        s(&w),
+        "--batch-file",
+        s(&fixture("train_tiny_batch.safetensors")),
+        "--discriminator",
+        s(&fixture("train_tiny_discriminator.safetensors")),
+        "--dump-grads",
+        s(&out),
+    ]);
+    assert_eq!(run.0, 0, "{}", run.2);
+    let got = TensorFile::open(&out).unwrap();
+    let want = TensorFile::open(&fixture("train_tiny_ours_step.safetensors")).unwrap();
+    let mut n = 0;
+    for name in want
+        .names()
+        .filter(|n| n.starts_with("grad.") || (n.starts_with("loss") && !n.ends_with("_exact")))
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+    {
+        let (a, b) = (
+            got.f32(&name, None).unwrap(),
+            want.f32(&name, None).unwrap(),
+        );
+        // fp32 engine vs float64 autograd (tests/train_step.rs measures ≤ 1e-6).
+        assert!(rel_err(a.data(), b.data()) <= 1e-4, "{name}");
+        n += 1;
+    }
+    assert!(n > 80, "{n}");
+}
+
+fn read_log(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn resume_is_bitwise_identical() {
+    let (dir, w, cfg) = setup("train_cli_resume", Uncertainty::Ours);
+    let batch = fixture("train_tiny_batch.safetensors");
+    let disc = fixture("train_tiny_discriminator.safetensors");
+    let base = |out: &Path, steps: &str| -> Vec<String> {
+        [
+            "--config",
+            s(&cfg),
+            "--init",
+            s(&w),
+            "--batch-file",
+            s(&batch),
+            "--discriminator",
+            s(&disc),
+            "--lr",
+            "1e-4",
+            "--steps",
+            steps,
+            "--out",
+            s(out),
+            "--ckpt-every",
+            "2",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let (full, part) = (dir.join("full"), dir.join("part"));
+    let args: Vec<String> = base(&full, "4");
+    let r = train(&args.iter().map(|x| x.as_str()).collect::<Vec<_>>());
+    assert_eq!(r.0, 0, "{}", r.2);
+    let args: Vec<String> = base(&part, "2");
+    assert_eq!(
+        train(&args.iter().map(|x| x.as_str()).collect::<Vec<_>>()).0,
+        0
+    );
+    let mut args: Vec<String> = base(&part, "4");
+    args.extend([
+        "--resume".to_string(),
+        s(&part.join("step_000002.safetensors")).to_string(),
+    ]);
+    let r = train(&args.iter().map(|x| x.as_str()).collect::<Vec<_>>());
+    assert_eq!(r.0, 0, "{}", r.2);
+    let (a, b) = (
+        read_log(&full.join("log.jsonl")),
+        read_log(&part.join("log.jsonl")),
+    );
+    assert_eq!(a.len(), 4);
+    assert_eq!(b.len(), 4);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            x["loss"], y["loss"],
+            "step {}: losses differ after resume",
+            x["step"]
+        );
+        assert_eq!(x["disc_loss"], y["disc_loss"]);
+    }
+    // The final weights too, bit for bit.
+    let (fa, fb) = (
+        TensorFile::open(&full.join("last.safetensors")).unwrap(),
+        TensorFile::open(&part.join("last.safetensors")).unwrap(),
+    );
+    for name in fa.names() {
+        assert_eq!(
+            fa.f32(name, None).unwrap().data(),
+            fb.f32(name, None).unwrap().data(),
+            "{name}"
+        );
+    }
+    // Loss went down on the repeated batch.
+    assert!(a[3]["loss"].as_f64().unwrap() < a[0]["loss"].as_f64().unwrap());
+}
+
+#[test]
+fn a_nan_in_the_batch_is_skipped() {
+    let (dir, w, cfg) = setup("train_cli_nan", Uncertainty::Diag);
+    let mut t = read_all(&fixture("train_tiny_batch.safetensors"));
+    let kp = t.iter_mut().find(|x| x.name == "keypoints_3d").unwrap();
+    let v: &mut [f32] = bytemuck::cast_slice_mut(&mut kp.data);
+    v[5] = f32::NAN;
+    let bad = dir.join("nan_batch.safetensors");
+    write_all(&bad, &t);
+    let out = dir.join("out");
+    let r = train(&[
+        "--config",
+        s(&cfg),
+        "--init",
+        s(&w),
+        "--batch-file",
+        s(&bad),
+        "--steps",
+        "2",
+        "--out",
+        s(&out),
+        "--lr",
+        "1e-3",
+    ]);
+    assert_eq!(r.0, 0, "{}", r.2);
+    assert!(r.2.contains("skipped"), "{}", r.2);
+    let log = read_log(&out.join("log.jsonl"));
+    assert!(log.iter().all(|l| l["skipped"] == true));
+    assert_eq!(log[1]["skipped_total"], 2);
+    // The weights are exactly the initial ones: nothing non-finite reached them.
+    let (init, last) = (
+        TensorFile::open(&w).unwrap(),
+        TensorFile::open(&out.join("last.safetensors")).unwrap(),
+    );
+    for name in last.names().filter(|n| !n.starts_with("optim")) {
+        let (a, b) = (last.f32(name, None).unwrap(), init.f32(name, None).unwrap());
+        assert!(a.data().iter().all(|x| x.is_finite()), "{name}");
+        assert_eq!(a.data(), b.data(), "{name} changed");
+    }
+}
+
+#[test]
+fn bad_input_is_one_clean_error() {
+    let (dir, w, cfg) = setup("train_cli_errors", Uncertainty::Diag);
+    let batch = fixture("train_tiny_batch.safetensors");
+    assert_clean(
+        train(&[
+            "--config",
+            s(&cfg),
+            "--init",
+            s(&w),
+            "--batch-file",
+            s(&batch),
+            "--steps",
+            "1",
+            "--out",
+            s(&dir),
+            "--device",
+            "cuda",
+        ]),
+        "--device cuda",
+    );
+    assert_clean(
+        train(&[
+            "--config",
+            s(&cfg),
+            "--init",
+            s(&w),
+            "--batch-file",
+            s(&dir.join("none.safetensors")),
+            "--steps",
+            "1",
+            "--out",
+            s(&dir),
+        ]),
+        "none.safetensors",
+    );
+    assert_clean(
+        train(&[
+            "--config",
+            s(&cfg),
+            "--init",
+            s(&w),
+            "--batch-file",
+            s(&batch),
+            "--steps",
+            "1",
+            "--out",
+            s(&dir),
+            "--ours-nll",
+            "maybe",
+        ]),
+        "--ours-nll",
+    );
+    assert_clean(
+        train(&[
+            "--config",
+            s(&cfg),
+            "--init",
+            s(&w),
+            "--batch-file",
+            s(&batch),
+            "--steps",
+            "1",
+            "--out",
+            s(&dir),
+            "--resume",
+            s(&w),
+        ]),
+        "not a handcov training checkpoint",
+    );
+    let mut t = read_all(&batch);
+    t.retain(|x| x.name != "keypoints_2d");
+    let bad = dir.join("short.safetensors");
+    write_all(&bad, &t);
+    assert_clean(
+        train(&[
+            "--config",
+            s(&cfg),
+            "--init",
+            s(&w),
+            "--batch-file",
+            s(&bad),
+            "--steps",
+            "1",
+            "--out",
+            s(&dir),
+        ]),
+        "keypoints_2d",
+    );
+}
+
+fn assert_clean(run: (i32, String, String), needle: &str) {
+    let (code, _, err) = run;
+    assert_eq!(code, 2, "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains(needle), "`{needle}` not in {}", lines[0]);
+}
