@@ -109,7 +109,9 @@ fn parse() -> Result<Option<Args>> {
             a.ours_nll
         )));
     }
-    if !(a.lr.is_finite() && a.lr > 0.0) || !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
+    let lr_ok = a.lr.is_finite() && a.lr > 0.0;
+    let wd_ok = a.weight_decay.is_finite() && a.weight_decay >= 0.0;
+    if !lr_ok || !wd_ok {
         return Err(Error::Input(
             "--lr must be positive and --weight-decay non-negative".into(),
         ));

@@ -309,7 +309,7 @@ impl CudaBackend {
             true,
         )?;
         let img_len = dims_product(kernel, &[("b", b), ("3", 3), ("S", s), ("S", s)], true)?;
-        if g.win_h > s || g.col0.checked_add(g.win_w).map_or(true, |e| e > s) {
+        if g.win_h > s || g.col0.checked_add(g.win_w).is_none_or(|e| e > s) {
             return crate::input_err!(
                 "{kernel}: the window ({} rows, columns {}..{}+{}) does not fit in the {s}×{s} image",
                 g.win_h, g.col0, g.col0, g.win_w
