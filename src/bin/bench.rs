@@ -4,10 +4,9 @@ use handcov::cuda::bench::{Bench, BenchRow};
 use handcov::cuda::CudaBackend;
 use handcov::error::{Error, Result};
 use handcov::model::config::{ModelConfig, Uncertainty};
-use handcov::model::mano::{Mano, NUM_BETAS};
+use handcov::model::mano::Mano;
 use handcov::model::weights::TensorFile;
 use handcov::model::HandModel;
-use handcov::ops::mano::ManoData;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -121,17 +120,7 @@ fn run() -> Result<()> {
         emit(r, &mut rows);
     }
     if !skip_kernels {
-        let data = ManoData {
-            num_verts: mano.num_verts(),
-            num_betas: NUM_BETAS,
-            v_template: mano.v_template.data(),
-            shapedirs: mano.shapedirs.data(),
-            posedirs: mano.posedirs.data(),
-            j_regressor: mano.j_regressor.data(),
-            lbs_weights: mano.lbs_weights.data(),
-            parents: &mano.parents,
-            tips: &mano.tips,
-        };
+        let data = mano.data();
         for &b in &batches {
             for pr in &precisions {
                 let got = if pr == "fp32" {

@@ -22,7 +22,7 @@ use crate::model::layers::{LayerNorm, Linear};
 use crate::model::HandModel;
 use crate::ops::covariance::CovParam;
 use crate::ops::covariance::DIM;
-use crate::ops::mano::{ManoData, NUM_KEYPOINTS};
+use crate::ops::mano::NUM_KEYPOINTS;
 use crate::ops::patch_embed::PatchGeometry;
 
 /// A linear layer on the device: the weight in the GEMM input type, the bias in both types the
@@ -325,17 +325,7 @@ impl<T: Dtype> GpuModel<T> {
             .map(|w| be.upload::<f32>(w.data()))
             .transpose()?;
         let m = &model.mano;
-        let mano = be.upload_mano(&ManoData {
-            num_verts: m.num_verts(),
-            num_betas: crate::model::mano::NUM_BETAS,
-            v_template: m.v_template.data(),
-            shapedirs: m.shapedirs.data(),
-            posedirs: m.posedirs.data(),
-            j_regressor: m.j_regressor.data(),
-            lbs_weights: m.lbs_weights.data(),
-            parents: &m.parents,
-            tips: &m.tips,
-        })?;
+        let mano = be.upload_mano(&m.data())?;
         let gemm = Gemm::new(be)?;
         Ok(GpuModel {
             geometry: pe.geometry,

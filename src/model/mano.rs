@@ -116,7 +116,8 @@ impl Mano {
         self.v_template.dim(0)
     }
 
-    fn data(&self) -> ManoData<'_> {
+    /// The buffers as the MANO ops take them.
+    pub fn data(&self) -> ManoData<'_> {
         ManoData {
             num_verts: self.num_verts(),
             num_betas: NUM_BETAS,

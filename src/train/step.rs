@@ -20,7 +20,7 @@ use crate::ops::geometry::{
     cam_translation, cam_translation_bwd, project_bwd_cpu, project_cpu, rot6d_to_rotmat_bwd_cpu,
     rot6d_to_rotmat_cpu,
 };
-use crate::ops::mano::{mano_bwd_cpu, mano_fwd_cpu, ManoData, NUM_JOINTS, NUM_KEYPOINTS};
+use crate::ops::mano::{mano_bwd_cpu, mano_fwd_cpu, NUM_JOINTS, NUM_KEYPOINTS};
 
 /// A training batch in the tensor layout of `train --batch-file` (SPEC §1.5 item fields).
 pub struct Batch {
@@ -167,17 +167,7 @@ pub fn train_step(
     let mut rot = vec![0f32; b * NUM_JOINTS * 9];
     rot6d_to_rotmat_cpu(&mh.pose6d, &mut rot);
     let m = &model.mano;
-    let mano = ManoData {
-        num_verts: m.num_verts(),
-        num_betas: NUM_BETAS,
-        v_template: m.v_template.data(),
-        shapedirs: m.shapedirs.data(),
-        posedirs: m.posedirs.data(),
-        j_regressor: m.j_regressor.data(),
-        lbs_weights: m.lbs_weights.data(),
-        parents: &m.parents,
-        tips: &m.tips,
-    };
+    let mano = m.data();
     let nv = m.num_verts();
     let mut verts = vec![0f32; b * nv * 3];
     let mut kp3d = vec![0f32; b * NUM_KEYPOINTS * 3];
