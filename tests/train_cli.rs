@@ -293,3 +293,102 @@ fn assert_clean(run: (i32, String, String), needle: &str) {
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].contains(needle), "`{needle}` not in {}", lines[0]);
 }
+
+/// A four-hand training set in the directory format (docs/training-data.md), one image missing.
+fn tiny_dataset(dir: &Path) -> PathBuf {
+    let root = dir.join("set");
+    std::fs::create_dir_all(root.join("images")).unwrap();
+    let mut lines = Vec::new();
+    for i in 0..4 {
+        let name = format!("images/{i}.png");
+        if i != 2 {
+            std::fs::copy(fixture("crop_src.png"), root.join(&name)).unwrap();
+        }
+        let kp2: Vec<[f32; 3]> = (0..21)
+            .map(|j| [60.0 + j as f32, 50.0 + (j % 5) as f32 * 4.0, 1.0])
+            .collect();
+        let kp3: Vec<[f32; 4]> = (0..21)
+            .map(|j| [0.01 * j as f32, -0.02, 0.6 + 0.001 * j as f32, 1.0])
+            .collect();
+        lines.push(
+            serde_json::json!({
+                "image": name, "center": [70.0 + i as f32, 60.0], "scale": 0.5, "is_right": i % 2 == 0,
+                "keypoints_2d": kp2, "keypoints_3d": kp3,
+                "mano": {"global_orient": [0.1, 0.0, 0.2], "hand_pose": vec![0.05f32; 45], "betas": vec![0.1f32; 10]},
+            })
+            .to_string(),
+        );
+    }
+    std::fs::write(root.join("annotations.jsonl"), lines.join("\n")).unwrap();
+    root
+}
+
+#[test]
+fn trains_from_a_dataset_directory_and_resumes() {
+    let (dir, w, cfg) = setup("train_cli_data", Uncertainty::Ours);
+    let set = tiny_dataset(&dir);
+    let disc = fixture("train_tiny_discriminator.safetensors");
+    let mocap = dir.join("mocap.safetensors");
+    write_all(
+        &mocap,
+        &[
+            f32_tensor("hand_pose", &[3, 45], &vec![0.1; 135]),
+            f32_tensor("betas", &[3, 10], &vec![0.0; 30]),
+        ],
+    );
+    let args = |out: &Path, steps: &str| -> Vec<String> {
+        [
+            "--config",
+            s(&cfg),
+            "--init",
+            s(&w),
+            "--data",
+            s(&set),
+            "--batch-size",
+            "2",
+            "--steps",
+            steps,
+            "--out",
+            s(out),
+            "--discriminator",
+            s(&disc),
+            "--mocap",
+            s(&mocap),
+            "--ckpt-every",
+            "2",
+            "--lr",
+            "1e-4",
+            "--seed",
+            "5",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let run = |v: Vec<String>| train(&v.iter().map(|x| x.as_str()).collect::<Vec<_>>());
+    let (full, part) = (dir.join("full"), dir.join("part"));
+    let r = run(args(&full, "4"));
+    assert_eq!(r.0, 0, "{}", r.2);
+    assert!(
+        r.2.contains("skipping"),
+        "the missing image is reported: {}",
+        r.2
+    );
+    assert_eq!(run(args(&part, "2")).0, 0);
+    let mut v = args(&part, "4");
+    v.extend([
+        "--resume".to_string(),
+        s(&part.join("step_000002.safetensors")).to_string(),
+    ]);
+    let r = run(v);
+    assert_eq!(r.0, 0, "{}", r.2);
+    let (a, b) = (
+        read_log(&full.join("log.jsonl")),
+        read_log(&part.join("log.jsonl")),
+    );
+    assert_eq!((a.len(), b.len()), (4, 4));
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x["loss"], y["loss"], "step {}", x["step"]);
+        assert!(x["disc_loss"].is_number(), "the adversarial terms are on");
+    }
+}

@@ -6,9 +6,12 @@ use handcov::model::weights::{save_f32, TensorFile};
 use handcov::model::{detect_uncertainty, HandModel};
 use handcov::tensor::Tensor;
 use handcov::train::adamw::AdamWConfig;
+use handcov::train::data::{LoaderOptions, TrainSet};
 use handcov::train::discriminator::Discriminator;
 use handcov::train::step::{train_step, Batch, StepOptions};
-use handcov::train::trainer::{BatchSource, RepeatBatch, StepReport, Trainer};
+use handcov::train::trainer::{
+    BatchSource, DatasetSource, MocapStream, RepeatBatch, StepReport, Trainer,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -19,9 +22,15 @@ USAGE (one-step gradient dump, for comparison with PyTorch):
   train --config CFG --weights W.safetensors [--mano M.safetensors] --batch-file B.safetensors
         --dump-grads OUT.safetensors [--discriminator D.safetensors] [--ours-nll exact]
 USAGE (training):
-  train --config CFG --init W.safetensors [--mano M] --batch-file B.safetensors --steps N
-        --out DIR [--resume CKPT] [--discriminator D] [--lr 1e-6] [--weight-decay 1e-4]
+  train --config CFG --init W.safetensors [--mano M] (--data DIR | --batch-file B.safetensors)
+        --steps N --out DIR [--resume CKPT] [--discriminator D --mocap MOCAP.safetensors]
+        [--batch-size 64] [--threads N] [--no-augment] [--lr 1e-6] [--weight-decay 1e-4]
         [--clip-grad NORM] [--seed S] [--log-every N] [--ckpt-every N] [--ours-nll exact]
+
+  --data DIR              a training-set directory (docs/training-data.md), augmented per
+                          SPEC §1.4 on worker threads; --batch-file repeats one batch instead
+  --mocap FILE            MoCap poses for the discriminator: `hand_pose` [K,45] (axis-angle)
+                          and `betas` [K,10]; 2·batch rows per step, cyclically
 
 OPTIONS:
   --config NAME_OR_FILE   preset (hamer, tiny) or config JSON; --uncertainty overrides its type
@@ -66,6 +75,11 @@ struct Args {
     seed: u64,
     log_every: u64,
     ckpt_every: u64,
+    data: Option<PathBuf>,
+    batch_size: usize,
+    mocap: Option<PathBuf>,
+    threads: usize,
+    no_augment: bool,
 }
 
 fn parse() -> Result<Option<Args>> {
@@ -94,7 +108,15 @@ fn parse() -> Result<Option<Args>> {
         seed: opt(&mut p, "--seed")?.unwrap_or(0),
         log_every: opt(&mut p, "--log-every")?.unwrap_or(1),
         ckpt_every: opt(&mut p, "--ckpt-every")?.unwrap_or(0),
+        data: opt(&mut p, "--data")?,
+        batch_size: opt(&mut p, "--batch-size")?.unwrap_or(64),
+        mocap: opt(&mut p, "--mocap")?,
+        threads: opt(&mut p, "--threads")?.unwrap_or(0),
+        no_augment: p.contains("--no-augment"),
     };
+    if a.batch_size == 0 {
+        return Err(Error::Input("--batch-size must be at least 1".into()));
+    }
     if let Some(x) = p.finish().first() {
         return Err(Error::Input(format!(
             "unexpected argument {x:?} (see --help)"
@@ -235,15 +257,68 @@ fn train(a: &Args) -> Result<()> {
         .out
         .as_ref()
         .ok_or_else(|| Error::Input("training needs --out DIR".into()))?;
-    let bf = a.batch_file.as_ref().ok_or_else(|| {
-        Error::Input("training needs --batch-file (the dataset loader comes next)".into())
-    })?;
     if a.steps == 0 {
         return Err(Error::Input("--steps must be at least 1".into()));
     }
     let model = load_model(a, init)?;
-    let batch = Batch::load(&TensorFile::open(bf)?, model.config.image_size)?;
-    let disc = load_disc(a, &batch)?;
+    let size = model.config.image_size;
+    let mut source: Box<dyn BatchSource> = match (&a.data, &a.batch_file) {
+        (Some(dir), None) => {
+            let set = std::sync::Arc::new(TrainSet::open(dir)?);
+            eprintln!("training set {}: {} hands", dir.display(), set.len());
+            let opts = LoaderOptions {
+                batch_size: a.batch_size,
+                image_size: size,
+                seed: a.seed,
+                threads: a.threads,
+                augment: if a.no_augment {
+                    None
+                } else {
+                    Some(Default::default())
+                },
+                ..Default::default()
+            };
+            Box::new(DatasetSource::new(set, opts)?)
+        }
+        (None, Some(bf)) => Box::new(RepeatBatch::new(Batch::load(&TensorFile::open(bf)?, size)?)),
+        _ => {
+            return Err(Error::Input(
+                "training needs exactly one of --data DIR and --batch-file FILE".into(),
+            ))
+        }
+    };
+    let mocap = match &a.mocap {
+        Some(p) => {
+            let f = TensorFile::open(p)?;
+            let hp = f.f32("hand_pose", None)?;
+            let k = hp.dim(0);
+            hp.expect_shape("MoCap hand_pose", &[k, 45])?;
+            let betas = f.f32("betas", Some(&[k, 10]))?;
+            if k == 0 {
+                return Err(Error::Input(format!(
+                    "{}: the MoCap file holds no poses",
+                    p.display()
+                )));
+            }
+            Some(MocapStream {
+                hand_pose: hp.into_vec(),
+                betas: betas.into_vec(),
+                per_step: 2 * a.batch_size,
+            })
+        }
+        None => None,
+    };
+    let disc = match (&a.discriminator, mocap.is_some() || a.batch_file.is_some()) {
+        (Some(d), true) => Some(Discriminator::<f32>::load(&TensorFile::open(d)?)?),
+        (Some(_), false) => {
+            eprintln!("note: no --mocap stream: the adversarial terms are off");
+            None
+        }
+        (None, _) => {
+            eprintln!("note: no --discriminator: the adversarial terms are off");
+            None
+        }
+    };
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let adamw = AdamWConfig {
         lr: a.lr,
@@ -256,7 +331,6 @@ fn train(a: &Args) -> Result<()> {
         ..Default::default()
     };
     let mut trainer = Trainer::new(model, adamw, disc, opts, a.seed);
-    let mut source = RepeatBatch::new(batch);
     if let Some(ckpt) = &a.resume {
         trainer.resume(ckpt)?;
         source.seek(trainer.state.cursor)?;
@@ -275,7 +349,10 @@ fn train(a: &Args) -> Result<()> {
     let t_start = std::time::Instant::now();
     let first = trainer.state.step;
     while trainer.state.step < a.steps {
-        let batch = source.next_batch()?;
+        let mut batch = source.next_batch()?;
+        if let Some(m) = &mocap {
+            batch.mocap = Some(m.at(trainer.state.step));
+        }
         let r = trainer.step(&batch)?;
         trainer.state.cursor = source.cursor();
         let line = report_json(&r, trainer.state.skipped_steps);

@@ -63,6 +63,7 @@ mod loader_tests;
 #[cfg(test)]
 mod test_util;
 
+pub use crate::train::rng::{STREAM_AUGMENT, STREAM_DATA_ORDER};
 pub use augment::{
     make_example, normalize_crop_scaled, rodrigues, rodrigues_inv, train_box_size,
     transform_keypoints_2d, transform_keypoints_3d, transform_mano, AugConfig, AugParams, Example,
@@ -73,4 +74,3 @@ pub use format::{
     SUPPRESS_KP_CONF_THRESH,
 };
 pub use loader::{epoch_order, Cursor, Loader, LoaderOptions};
-pub use crate::train::rng::{STREAM_AUGMENT, STREAM_DATA_ORDER};

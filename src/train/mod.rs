@@ -13,6 +13,7 @@
 pub mod adamw;
 pub mod checkpoint;
 pub mod cholesky;
+pub mod data;
 pub mod discriminator;
 pub mod losses;
 pub mod nll;

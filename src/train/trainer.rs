@@ -170,3 +170,78 @@ impl Trainer {
         Ok(())
     }
 }
+
+/// MoCap poses for the discriminator (`hand_pose` `[K, 45]` axis-angle, `betas` `[K, 10]`),
+/// served `per_step` rows at a time, cyclically, in a fixed order (step s takes rows
+/// `s·per_step …` mod K), so a resumed run sees the same real batches.
+pub struct MocapStream {
+    pub hand_pose: Vec<f32>,
+    pub betas: Vec<f32>,
+    pub per_step: usize,
+}
+
+impl MocapStream {
+    pub fn len(&self) -> usize {
+        self.betas.len() / 10
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The rows of step `step`.
+    pub fn at(&self, step: u64) -> (Vec<f32>, Vec<f32>) {
+        let k = self.len().max(1);
+        let (mut hp, mut b) = (
+            Vec::with_capacity(self.per_step * 45),
+            Vec::with_capacity(self.per_step * 10),
+        );
+        for i in 0..self.per_step {
+            let r = ((step as usize).wrapping_mul(self.per_step) + i) % k;
+            hp.extend_from_slice(&self.hand_pose[r * 45..(r + 1) * 45]);
+            b.extend_from_slice(&self.betas[r * 10..(r + 1) * 10]);
+        }
+        (hp, b)
+    }
+}
+
+/// Batches from a training-set directory (`train::data`), augmented on worker threads.
+pub struct DatasetSource {
+    set: std::sync::Arc<super::data::TrainSet>,
+    opts: super::data::LoaderOptions,
+    loader: super::data::Loader,
+}
+
+impl DatasetSource {
+    pub fn new(
+        set: std::sync::Arc<super::data::TrainSet>,
+        opts: super::data::LoaderOptions,
+    ) -> Result<DatasetSource> {
+        let loader =
+            super::data::Loader::new(set.clone(), opts.clone(), super::data::Cursor::default())?;
+        Ok(DatasetSource { set, opts, loader })
+    }
+
+    /// Images skipped so far (missing or unreadable), with a warning each.
+    pub fn skipped(&self) -> u64 {
+        self.loader.skipped()
+    }
+}
+
+impl BatchSource for DatasetSource {
+    fn next_batch(&mut self) -> Result<Batch> {
+        self.loader.next_batch()
+    }
+    fn cursor(&self) -> (u64, u64) {
+        let c = self.loader.cursor();
+        (c.epoch, c.position)
+    }
+    fn seek(&mut self, cursor: (u64, u64)) -> Result<()> {
+        let c = super::data::Cursor {
+            epoch: cursor.0,
+            position: cursor.1,
+        };
+        self.loader = super::data::Loader::new(self.set.clone(), self.opts.clone(), c)?;
+        Ok(())
+    }
+}
