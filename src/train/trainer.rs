@@ -218,7 +218,7 @@ impl DatasetSource {
         opts: super::data::LoaderOptions,
     ) -> Result<DatasetSource> {
         let loader =
-            super::data::Loader::new(set.clone(), opts.clone(), super::data::Cursor::default())?;
+            super::data::Loader::new(set.clone(), opts, super::data::Cursor::default())?;
         Ok(DatasetSource { set, opts, loader })
     }
 
@@ -241,7 +241,7 @@ impl BatchSource for DatasetSource {
             epoch: cursor.0,
             position: cursor.1,
         };
-        self.loader = super::data::Loader::new(self.set.clone(), self.opts.clone(), c)?;
+        self.loader = super::data::Loader::new(self.set.clone(), self.opts, c)?;
         Ok(())
     }
 }
