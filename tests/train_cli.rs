@@ -333,7 +333,7 @@ fn trains_from_a_dataset_directory_and_resumes() {
         &mocap,
         &[
             f32_tensor("hand_pose", &[3, 45], &vec![0.1; 135]),
-            f32_tensor("betas", &[3, 10], &vec![0.0; 30]),
+            f32_tensor("betas", &[3, 10], &[0.0; 30]),
         ],
     );
     let args = |out: &Path, steps: &str| -> Vec<String> {
