@@ -392,3 +392,54 @@ fn trains_from_a_dataset_directory_and_resumes() {
         assert!(x["disc_loss"].is_number(), "the adversarial terms are on");
     }
 }
+
+#[test]
+fn fine_tunes_an_uncertainty_head_from_a_plain_hamer_checkpoint() {
+    // `none` weights (a converted hamer.ckpt) + `--uncertainty ours`: the head and W start from
+    // PyTorch's default initialisation (SPEC §6) and train.
+    let dir = scratch("train_cli_fresh_head");
+    let w = tiny_weights_for(Uncertainty::None, &dir);
+    let cfg = dir.join("cfg.json");
+    std::fs::write(&cfg, tiny_config(Uncertainty::Ours).to_json()).unwrap();
+    let out = dir.join("out");
+    let r = train(&[
+        "--config",
+        s(&cfg),
+        "--init",
+        s(&w),
+        "--batch-file",
+        s(&fixture("train_tiny_batch.safetensors")),
+        "--steps",
+        "2",
+        "--out",
+        s(&out),
+        "--lr",
+        "1e-4",
+    ]);
+    assert_eq!(r.0, 0, "{}", r.2);
+    let ck = TensorFile::open(&out.join("last.safetensors")).unwrap();
+    let wcov = ck
+        .f32("out_layer_keypoints_3d.weight", Some(&[63, 63]))
+        .unwrap();
+    let bound = 1.0 / 63f32.sqrt() + 1e-3; // U(±1/√63), moved by two Adam steps of 1e-4
+    assert!(wcov.data().iter().all(|v| v.abs() <= bound));
+    assert!(
+        wcov.data().iter().any(|v| v.abs() > 0.5 * bound),
+        "W is not a degenerate init"
+    );
+    let tok = ck
+        .f32(
+            "uncertainty_head.transformer.to_token_embedding.weight",
+            None,
+        )
+        .unwrap();
+    assert!(
+        tok.data().iter().all(|v| v.abs() <= 1.0 + 1e-3)
+            && tok.data().iter().any(|v| v.abs() > 0.5)
+    );
+    let log = read_log(&out.join("log.jsonl"));
+    assert!(log[0]["loss_keypoints_3d_nll"].is_number());
+    // The checkpoint is a weights file for inference (its optimiser state is ignored).
+    let model = handcov::model::HandModel::load(tiny_config(Uncertainty::Ours), &ck, None).unwrap();
+    assert!(model.uncertainty_head.is_some());
+}

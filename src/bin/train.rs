@@ -142,6 +142,12 @@ fn parse() -> Result<Option<Args>> {
 }
 
 fn load_model(a: &Args, weights: &Path) -> Result<HandModel> {
+    load_model_with(a, weights, false)
+}
+
+/// For training, a missing uncertainty head (a plain HaMeR checkpoint as `--init`) is freshly
+/// initialised; for the gradient dump every tensor must be in the file.
+fn load_model_with(a: &Args, weights: &Path, fresh_head: bool) -> Result<HandModel> {
     let wf = TensorFile::open(weights)?;
     let mano = a.mano.as_deref().map(TensorFile::open).transpose()?;
     let mut cfg = ModelConfig::load(&a.config)?;
@@ -152,7 +158,11 @@ fn load_model(a: &Args, weights: &Path) -> Result<HandModel> {
         }
         None => {}
     }
-    HandModel::load(cfg, &wf, mano.as_ref())
+    if fresh_head {
+        HandModel::load_for_training(cfg, &wf, mano.as_ref(), a.seed)
+    } else {
+        HandModel::load(cfg, &wf, mano.as_ref())
+    }
 }
 
 fn load_disc(a: &Args, batch: &Batch) -> Result<Option<Discriminator<f32>>> {
@@ -260,7 +270,7 @@ fn train(a: &Args) -> Result<()> {
     if a.steps == 0 {
         return Err(Error::Input("--steps must be at least 1".into()));
     }
-    let model = load_model(a, init)?;
+    let model = load_model_with(a, init, true)?;
     let size = model.config.image_size;
     let mut source: Box<dyn BatchSource> = match (&a.data, &a.batch_file) {
         (Some(dir), None) => {
@@ -308,7 +318,15 @@ fn train(a: &Args) -> Result<()> {
         }
         None => None,
     };
-    let disc = match (&a.discriminator, mocap.is_some() || a.batch_file.is_some()) {
+    // The discriminator: --discriminator, else the one a converted HaMeR checkpoint carries.
+    let disc_file = match &a.discriminator {
+        Some(d) => Some(d.clone()),
+        None if TensorFile::open(init)?.contains("discriminator.D_conv1.weight") => {
+            Some(init.clone())
+        }
+        None => None,
+    };
+    let disc = match (&disc_file, mocap.is_some() || a.batch_file.is_some()) {
         (Some(d), true) => Some(Discriminator::<f32>::load(&TensorFile::open(d)?)?),
         (Some(_), false) => {
             eprintln!("note: no --mocap stream: the adversarial terms are off");

@@ -208,3 +208,84 @@ impl TensorSource for RandomWeights {
         Tensor::from_vec(shape, values)
     }
 }
+
+/// PyTorch's default initialisation of a freshly built uncertainty head (SPEC §6): Linear
+/// weights and biases `U(±1/√fan_in)`, `to_token_embedding` `U(±1)` (fan-in 1),
+/// `pos_embedding` ~ N(0, 1), LayerNorm (1, 0); `W` `U(±1/√63)`. Draws from the counter RNG keyed
+/// by (seed, tensor name), so a run is reproducible.
+pub struct TorchDefaultInit {
+    pub seed: u64,
+    /// Input width of each weight handed out, by module prefix: a bias draws from its weight's
+    /// bound (`Loader::linear` asks for the weight first).
+    fan_in: std::cell::RefCell<std::collections::HashMap<String, usize>>,
+}
+
+impl TorchDefaultInit {
+    pub fn new(seed: u64) -> TorchDefaultInit {
+        TorchDefaultInit {
+            seed,
+            fan_in: Default::default(),
+        }
+    }
+}
+
+impl TensorSource for TorchDefaultInit {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let leaf = name.rsplit('.').next().unwrap_or(name);
+        let mut key = self.seed ^ 0x5eed_1417;
+        for b in name.bytes() {
+            key = (key ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        let p = crate::train::rng::Philox::new(key, crate::train::rng::STREAM_INIT, 0, 0);
+        let values: Vec<f32> = if name.contains("norm") && leaf == "weight" {
+            vec![1.0; n]
+        } else if name.contains("norm") && leaf == "bias" {
+            vec![0.0; n]
+        } else if leaf == "pos_embedding" || leaf == "pos_embed" {
+            (0..n as u64).map(|i| p.normal(i)).collect()
+        } else {
+            let prefix = name
+                .rsplit_once('.')
+                .map(|(p, _)| p.to_string())
+                .unwrap_or_default();
+            let fan_in = if leaf == "bias" {
+                self.fan_in.borrow().get(&prefix).copied().unwrap_or(1)
+            } else {
+                let f = if shape.len() >= 2 {
+                    shape[1..].iter().product()
+                } else {
+                    1
+                };
+                self.fan_in.borrow_mut().insert(prefix, f);
+                f
+            }
+            .max(1);
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            (0..n as u64)
+                .map(|i| (2.0 * p.uniform(i) - 1.0) * bound)
+                .collect()
+        };
+        Tensor::from_vec(shape, values)
+    }
+}
+
+/// A weights file, with the tensors it lacks under `fresh_prefixes` taken from `fallback`
+/// (fine-tuning an uncertainty model from a plain HaMeR checkpoint).
+pub struct WithFallback<'a> {
+    pub file: &'a TensorFile,
+    pub fallback: &'a dyn TensorSource,
+    pub fresh_prefixes: &'a [&'a str],
+}
+
+impl TensorSource for WithFallback<'_> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if !self.file.contains(name) && self.fresh_prefixes.iter().any(|p| name.starts_with(p)) {
+            return self.fallback.tensor(name, shape);
+        }
+        self.file.f32(name, Some(shape))
+    }
+    fn skip(&self, name: &str) {
+        self.file.skip(name)
+    }
+}

@@ -94,9 +94,13 @@ impl Prediction {
     }
 }
 
-/// Tensors a checkpoint may hold that inference does not use (training-only or unused buffers).
+/// Tensors a checkpoint may hold that inference does not use: the discriminator, the
+/// optimiser state of a handcov training checkpoint, Lightning's `initialized` flag.
 fn ignorable(name: &str) -> bool {
-    name.starts_with("discriminator.") || name == "initialized"
+    name.starts_with("discriminator.")
+        || name.starts_with("optim.")
+        || name.starts_with("optim_disc.")
+        || name == "initialized"
 }
 
 /// The uncertainty type a weights file was trained with, read from its key names.
@@ -142,6 +146,52 @@ impl HandModel {
         config.validate()?;
         let src = layers::RandomWeights { seed };
         HandModel::build(config, &src, Mano::load(mano_file)?)
+    }
+
+    /// The model to fine-tune from `weights`: an uncertainty head (and W) missing from the file —
+    /// a plain HaMeR checkpoint — is freshly initialised as PyTorch would ([`layers::TorchDefaultInit`],
+    /// SPEC §6), its mean-parameter buffers copied from the MANO head. Everything else must be
+    /// present; unused tensors other than the discriminator's are an error as in [`HandModel::load`].
+    pub fn load_for_training(
+        config: ModelConfig,
+        weights: &TensorFile,
+        mano_file: Option<&TensorFile>,
+        seed: u64,
+    ) -> Result<HandModel> {
+        let fresh = !weights.names().any(|n| n.starts_with("uncertainty_head."));
+        if !fresh || config.uncertainty == Uncertainty::None {
+            return HandModel::load(config, weights, mano_file);
+        }
+        config.validate()?;
+        let mano = match mano_file {
+            Some(m) => {
+                for name in weights.names().filter(|n| n.starts_with("mano.")) {
+                    weights.skip(name);
+                }
+                Mano::load(m)?
+            }
+            None => Mano::load(weights)?,
+        };
+        let init = layers::TorchDefaultInit::new(seed);
+        let src = layers::WithFallback {
+            file: weights,
+            fallback: &init,
+            fresh_prefixes: &["uncertainty_head.", "out_layer_keypoints_3d."],
+        };
+        let model = HandModel::build(config, &src, mano)?;
+        let unused: Vec<String> = weights
+            .unused()
+            .into_iter()
+            .filter(|n| !ignorable(n))
+            .collect();
+        if let Some(first) = unused.first() {
+            return Err(Error::Weights(format!(
+                "{}: unexpected tensor `{first}` ({} unexpected in all)",
+                weights.path().display(),
+                unused.len()
+            )));
+        }
+        Ok(model)
     }
 
     /// The modules, from any tensor source.

@@ -217,8 +217,7 @@ impl DatasetSource {
         set: std::sync::Arc<super::data::TrainSet>,
         opts: super::data::LoaderOptions,
     ) -> Result<DatasetSource> {
-        let loader =
-            super::data::Loader::new(set.clone(), opts, super::data::Cursor::default())?;
+        let loader = super::data::Loader::new(set.clone(), opts, super::data::Cursor::default())?;
         Ok(DatasetSource { set, opts, loader })
     }
 
