@@ -143,7 +143,7 @@ fn resume_is_bitwise_identical() {
         TensorFile::open(&full.join("last.safetensors")).unwrap(),
         TensorFile::open(&part.join("last.safetensors")).unwrap(),
     );
-    for name in fa.names() {
+    for name in fa.names().filter(|n| !n.starts_with("mano.")) {
         assert_eq!(
             fa.f32(name, None).unwrap().data(),
             fb.f32(name, None).unwrap().data(),
@@ -188,7 +188,10 @@ fn a_nan_in_the_batch_is_skipped() {
         TensorFile::open(&w).unwrap(),
         TensorFile::open(&out.join("last.safetensors")).unwrap(),
     );
-    for name in last.names().filter(|n| !n.starts_with("optim")) {
+    for name in last
+        .names()
+        .filter(|n| !n.starts_with("optim") && !n.starts_with("mano."))
+    {
         let (a, b) = (last.f32(name, None).unwrap(), init.f32(name, None).unwrap());
         assert!(a.data().iter().all(|x| x.is_finite()), "{name}");
         assert_eq!(a.data(), b.data(), "{name} changed");

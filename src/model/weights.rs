@@ -188,8 +188,21 @@ pub fn save_f32(
     tensors: &[(&str, &Tensor)],
     metadata: Option<std::collections::HashMap<String, String>>,
 ) -> Result<()> {
+    save_tensors(path, tensors, &[], metadata)
+}
+
+/// An integer tensor to store as I64: name, shape, values.
+pub type IntTensor<'a> = (&'a str, Vec<usize>, Vec<i64>);
+
+/// Writes f32 tensors and I64 tensors to one safetensors file, atomically.
+pub fn save_tensors(
+    path: &Path,
+    tensors: &[(&str, &Tensor)],
+    ints: &[IntTensor<'_>],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
     use safetensors::tensor::TensorView;
-    let views: Vec<(String, TensorView)> = tensors
+    let mut views: Vec<(String, TensorView)> = tensors
         .iter()
         .map(|(name, t)| {
             let bytes: &[u8] = bytemuck::cast_slice(t.data());
@@ -198,6 +211,14 @@ pub fn save_f32(
                 .map_err(|e| Error::Input(format!("cannot store tensor `{name}`: {e}")))
         })
         .collect::<Result<_>>()?;
+    for (name, shape, values) in ints {
+        let bytes: &[u8] = bytemuck::cast_slice(values);
+        views.push((
+            name.to_string(),
+            TensorView::new(Dtype::I64, shape.clone(), bytes)
+                .map_err(|e| Error::Input(format!("cannot store tensor `{name}`: {e}")))?,
+        ));
+    }
     let bytes = safetensors::serialize(views, metadata)
         .map_err(|e| Error::Input(format!("cannot serialise {}: {e}", path.display())))?;
     write_atomic(path, &bytes)

@@ -7,7 +7,7 @@
 use super::adamw::AdamW;
 use super::discriminator::Discriminator;
 use crate::error::{Error, Result};
-use crate::model::weights::{save_f32, TensorFile};
+use crate::model::weights::{save_tensors, TensorFile};
 use crate::model::HandModel;
 use crate::tensor::Tensor;
 use std::collections::HashMap;
@@ -45,8 +45,16 @@ pub fn save(
         owned.push((name, t));
         Ok(())
     };
+    let v = &model.config.vit;
+    let patch_shape = [v.embed_dim, 3, v.patch_size, v.patch_size];
     for (name, t) in model.params_mut() {
-        let shape = t.shape().to_vec();
+        // The patch-embedding weight is kept flattened `[C, 3·P·P]` in memory; store PyTorch's
+        // `[C, 3, P, P]` so the checkpoint is a weights file.
+        let shape = if name == "backbone.patch_embed.proj.weight" {
+            patch_shape.to_vec()
+        } else {
+            t.shape().to_vec()
+        };
         push(name.clone(), Tensor::from_vec(&shape, t.data().to_vec())?)?;
     }
     for (name, m) in &opt.exp_avg {
@@ -84,8 +92,46 @@ pub fn save(
         "uncertainty".to_string(),
         model.config.uncertainty.name().to_string(),
     );
+    // The buffers travel with the checkpoint (the mean parameters and the MANO model), so it is
+    // a complete weights file for `infer`.
+    let h = &model.mano_head;
+    for (name, t) in [
+        ("mano_head.init_hand_pose", &h.init_hand_pose),
+        ("mano_head.init_betas", &h.init_betas),
+        ("mano_head.init_cam", &h.init_cam),
+    ] {
+        owned.push((name.to_string(), t.clone()));
+    }
+    let m = &model.mano;
+    for (name, t) in [
+        ("mano.v_template", &m.v_template),
+        ("mano.shapedirs", &m.shapedirs),
+        ("mano.posedirs", &m.posedirs),
+        ("mano.J_regressor", &m.j_regressor),
+        ("mano.lbs_weights", &m.lbs_weights),
+    ] {
+        owned.push((name.to_string(), t.clone()));
+    }
+    let mut parents: Vec<i64> = m.parents.iter().map(|&p| p as i64).collect();
+    parents[0] = -1;
+    let ints = vec![
+        ("mano.parents", vec![parents.len()], parents),
+        (
+            "mano.extra_joints_idxs",
+            vec![5],
+            m.tips.iter().map(|&t| t as i64).collect(),
+        ),
+        (
+            "mano.faces_tensor",
+            vec![m.faces.len(), 3],
+            m.faces
+                .iter()
+                .flat_map(|f| f.iter().map(|&v| v as i64))
+                .collect(),
+        ),
+    ];
     let refs: Vec<(&str, &Tensor)> = owned.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    save_f32(path, &refs, Some(meta))
+    save_tensors(path, &refs, &ints, Some(meta))
 }
 
 fn meta_u64(meta: &HashMap<String, String>, key: &str, path: &Path) -> Result<u64> {
@@ -114,8 +160,15 @@ pub fn load(
         )));
     }
     for (name, t) in model.params_mut() {
-        let shape = t.shape().to_vec();
-        let src = f.f32(&name, Some(&shape))?;
+        let src = f.f32(&name, None)?;
+        if src.numel() != t.numel() {
+            return Err(Error::Weights(format!(
+                "{}: `{name}` holds {} values, the model has {}",
+                path.display(),
+                src.numel(),
+                t.numel()
+            )));
+        }
         t.data_mut().copy_from_slice(src.data());
     }
     let restore = |prefix: &str, o: &mut AdamW, step_key: &str| -> Result<()> {
