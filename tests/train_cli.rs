@@ -442,6 +442,9 @@ fn fine_tunes_an_uncertainty_head_from_a_plain_hamer_checkpoint() {
     );
     let log = read_log(&out.join("log.jsonl"));
     assert!(log[0]["loss_keypoints_3d_nll"].is_number());
+    assert!(log
+        .iter()
+        .any(|l| l["val_loss_keypoints_3d_nll"].is_number()));
     // The checkpoint is a weights file for inference (its optimiser state is ignored).
     let model = handcov::model::HandModel::load(tiny_config(Uncertainty::Ours), &ck, None).unwrap();
     assert!(model.uncertainty_head.is_some());

@@ -29,6 +29,8 @@ USAGE (training):
 
   --data DIR              a training-set directory (docs/training-data.md), augmented per
                           SPEC §1.4 on worker threads; --batch-file repeats one batch instead
+  --val-batch FILE        a held-out batch file: its losses are logged every --val-every steps
+                          (default 100) as `val_*` lines in the log
   --mocap FILE            MoCap poses for the discriminator: `hand_pose` [K,45] (axis-angle)
                           and `betas` [K,10]; 2·batch rows per step, cyclically
 
@@ -80,6 +82,8 @@ struct Args {
     mocap: Option<PathBuf>,
     threads: usize,
     no_augment: bool,
+    val_batch: Option<PathBuf>,
+    val_every: u64,
 }
 
 fn parse() -> Result<Option<Args>> {
@@ -113,6 +117,8 @@ fn parse() -> Result<Option<Args>> {
         mocap: opt(&mut p, "--mocap")?,
         threads: opt(&mut p, "--threads")?.unwrap_or(0),
         no_augment: p.contains("--no-augment"),
+        val_batch: opt(&mut p, "--val-batch")?,
+        val_every: opt(&mut p, "--val-every")?.unwrap_or(100),
     };
     if a.batch_size == 0 {
         return Err(Error::Input("--batch-size must be at least 1".into()));
@@ -358,6 +364,10 @@ fn train(a: &Args) -> Result<()> {
             trainer.state.step
         );
     }
+    let val = match &a.val_batch {
+        Some(p) => Some(Batch::load(&TensorFile::open(p)?, size)?),
+        None => None,
+    };
     let log_path = out.join("log.jsonl");
     let mut log = std::fs::OpenOptions::new()
         .create(true)
@@ -397,6 +407,35 @@ fn train(a: &Args) -> Result<()> {
                     .unwrap_or_else(|| "-".into()),
                 r.batch as f64 / r.seconds.max(1e-9),
                 eta
+            );
+        }
+        if let (Some(vb), true) = (
+            &val,
+            a.val_every > 0 && trainer.state.step % a.val_every == 0,
+        ) {
+            // Validation: the same objective on the held-out batch, no update.
+            let opts = StepOptions {
+                seed: a.seed,
+                step: trainer.state.step,
+                ..trainer.step_options
+            };
+            let v = train_step(
+                &trainer.model,
+                trainer.disc.as_ref().map(|(d, _)| d),
+                vb,
+                &opts,
+            )?;
+            let line = serde_json::json!({
+                "step": trainer.state.step,
+                "val_loss": v.total,
+                "val_loss_keypoints_3d": v.terms.keypoints_3d,
+                "val_loss_keypoints_2d": v.terms.keypoints_2d,
+                "val_loss_keypoints_3d_nll": v.terms.nll,
+            });
+            writeln!(log, "{line}").map_err(|e| Error::io(&log_path, e))?;
+            println!(
+                "validation at step {}: loss {:.6e}",
+                trainer.state.step, v.total
             );
         }
         if a.ckpt_every > 0 && trainer.state.step % a.ckpt_every == 0 {
