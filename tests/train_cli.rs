@@ -405,21 +405,35 @@ fn fine_tunes_an_uncertainty_head_from_a_plain_hamer_checkpoint() {
     let cfg = dir.join("cfg.json");
     std::fs::write(&cfg, tiny_config(Uncertainty::Ours).to_json()).unwrap();
     let out = dir.join("out");
+    let batch = fixture("train_tiny_batch.safetensors");
     let r = train(&[
         "--config",
         s(&cfg),
         "--init",
         s(&w),
         "--batch-file",
-        s(&fixture("train_tiny_batch.safetensors")),
+        s(&batch),
         "--steps",
         "2",
         "--out",
         s(&out),
         "--lr",
         "1e-4",
+        "--val-batch",
+        s(&batch),
+        "--val-every",
+        "1",
     ]);
     assert_eq!(r.0, 0, "{}", r.2);
+    let vals: Vec<f64> = read_log(&out.join("log.jsonl"))
+        .iter()
+        .filter_map(|l| l["val_loss"].as_f64())
+        .collect();
+    assert_eq!(vals.len(), 2, "one validation line per step");
+    assert!(
+        vals[1] < vals[0],
+        "validation loss on the training batch goes down: {vals:?}"
+    );
     let ck = TensorFile::open(&out.join("last.safetensors")).unwrap();
     let wcov = ck
         .f32("out_layer_keypoints_3d.weight", Some(&[63, 63]))
