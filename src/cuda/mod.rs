@@ -7,6 +7,7 @@
 //! table; [`CudaBackend::new`] then fails with a clear error, and everything runs on the CPU twins.
 
 mod attention;
+mod backward;
 pub mod bench;
 mod covariance;
 mod elementwise;
@@ -16,6 +17,7 @@ mod layernorm;
 mod mano;
 mod timing;
 
+pub use backward::*;
 pub use forward::{GpuModel, GpuOutputs};
 pub use gemm::*;
 pub use mano::*;
