@@ -12,7 +12,7 @@
 //   train::nll::nll_exact_lowrank, f64, explicit inverse):
 //       ∂L/∂μ = −α,   ∂L/∂s_d = e^{s_d}·(WᵀGW)_dd,   ∂L/∂W = 2·G·W·diag(e^s).
 //
-// Algorithm (one block of 256 threads per sample, everything fp64 in shared memory):
+// Algorithm (one block of 256 threads per sample at a time, everything fp64 in shared memory):
 //   1. V = W·diag(e^{s/2}), staged transposed (Vt[d][j]); Σ = V·Vᵀ + εI, lower triangle only,
 //      stored column-major (As[j][i] = Σ_ij, i ≥ j) — threads 0..135 each own one 4×4 block
 //      (J, K), J ≥ K, of the 16×16 block grid of the padded 64×64 matrix (63-term fp64 FMA
@@ -22,8 +22,9 @@
 //          A_ij −= A_ik·A_jk / p   (k < j ≤ i),      B_ic −= A_ik·B_kc / p   (i > k).
 //      One barrier per step: step k reads column k of A and row k of B, and writes only columns
 //      > k of A and rows > k of B. 1/p_{k+1} is computed in step k by the thread that writes the
-//      final A_{k+1,k+1} (thread (0, k + 1)), so no step waits for a division. Afterwards L_kk = √p_k, L_ik = A_ik/√p_k, and the rows of B
-//      scaled by 1/√p_k are [Z | y] = L⁻¹[W | r]. A pivot that is not > 0 (or NaN) stops the
+//      final A_{k+1,k+1} (thread (0, k + 1)), so no step waits for a division. Afterwards
+//      L_kk = √p_k, L_ik = A_ik/√p_k, and the rows of B scaled by 1/√p_k are
+//      [Z | y] = L⁻¹[W | r]. A pivot that is not > 0 (or NaN) stops the
 //      sample: status = k + 1, loss and gradients NaN, no d_W contribution.
 //   3. log det Σ = Σ_k log p_k; rᵀΣ⁻¹r = ‖y‖²; and, per column c of [Z | y],
 //      n_c = Σ_i B_ic², u_c = Σ_i y_i·B_ic (so u_d = αᵀW_d = yᵀZ_d, n_d = W_dᵀPW_d):
@@ -45,7 +46,7 @@
 // column_reduce_f64 sums the partials in block order, so d_W is bitwise reproducible.
 //
 // Shared memory: 2 × 63 × 64 doubles dynamic (64 512 B; above 48 KiB, the launcher raises the
-// limit) + 6.7 KB static; 80 registers (__launch_bounds__(256, 3)): 3 blocks per SM on an H100.
+// limit) + 7.2 KB static; 80 registers (__launch_bounds__(256, 3)): 3 blocks per SM on an H100.
 // CPU mirror (phases, thread by thread, race-checked shared memory): src/cuda/backward/
 // mirror_nll.rs.
 // Work per sample: Σ ≈ 137 k FMA, elimination 42 k (A) + 127 k (B), back substitution 127 k,

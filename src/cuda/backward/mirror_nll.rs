@@ -89,7 +89,7 @@ fn block(
     macro_rules! barrier {
         () => {
             for m in [
-                &mut a_s, &mut bm, &mut ev, &mut hv, &mut piv, &mut rl, &mut red, &mut uv,
+                &mut a_s, &mut bm, &mut ev, &mut hv, &mut piv, &mut rps, &mut rl, &mut red, &mut uv,
             ] {
                 m.barrier();
             }
@@ -195,6 +195,8 @@ fn block(
             }
         }
         fail_s.wr(&wp, 0, 0, 0);
+        let a00 = a_s.rd(&wp, 0, 0);
+        rps.wr(&wp, 0, 0, 1.0 / a00);
         barrier!();
         // 2c. Elimination.
         for k in 0..DIM {
@@ -208,7 +210,7 @@ fn block(
                     failed = true;
                     continue;
                 }
-                let rp = 1.0 / p;
+                let rp = rps.rd(&wp, t, k);
                 let (ty, c) = (ty(t), col(t));
                 if c > k && c < DIM {
                     let f = a_s.rd(&wp, t, k * LD + c) * rp;
@@ -217,6 +219,9 @@ fn block(
                         let v =
                             (-a_s.rd(&wp, t, k * LD + i)).mul_add(f, a_s.rd(&wp, t, c * LD + i));
                         a_s.wr(&wp, t, c * LD + i, v);
+                        if i == k + 1 {
+                            rps.wr(&wp, t, k + 1, 1.0 / v);
+                        }
                         i += 4;
                     }
                 }
