@@ -23,6 +23,7 @@ use crate::ops::geometry::{
 use crate::ops::mano::{mano_bwd_cpu, mano_fwd_cpu, NUM_JOINTS, NUM_KEYPOINTS};
 
 /// A training batch in the tensor layout of `train --batch-file` (SPEC §1.5 item fields).
+#[derive(Clone)]
 pub struct Batch {
     pub b: usize,
     /// `[B, 3, S, S]` normalised crops.

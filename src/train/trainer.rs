@@ -35,21 +35,7 @@ impl RepeatBatch {
 impl BatchSource for RepeatBatch {
     fn next_batch(&mut self) -> Result<Batch> {
         self.served += 1;
-        let b = &self.batch;
-        Ok(Batch {
-            b: b.b,
-            img: b.img.clone(),
-            keypoints_2d: b.keypoints_2d.clone(),
-            keypoints_3d: b.keypoints_3d.clone(),
-            global_orient: b.global_orient.clone(),
-            hand_pose: b.hand_pose.clone(),
-            betas: b.betas.clone(),
-            has_global_orient: b.has_global_orient.clone(),
-            has_hand_pose: b.has_hand_pose.clone(),
-            has_betas: b.has_betas.clone(),
-            sample_eps: b.sample_eps.clone(),
-            mocap: b.mocap.clone(),
-        })
+        Ok(self.batch.clone())
     }
     fn cursor(&self) -> (u64, u64) {
         (0, self.served)
