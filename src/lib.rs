@@ -6,6 +6,7 @@
 pub mod cuda;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod infer;
 pub mod model;
 pub mod ops;
