@@ -147,6 +147,214 @@ fn aa_to_rot(aa: &[f32]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// The model outputs the losses read (host copies, any engine): rotations `[B, 16, 3, 3]`,
+/// betas `[B, 10]`, keypoints `[B, 21, 3]` and their projections `[B, 21, 2]`, and the
+/// uncertainty head's raw output `[B, raw_len]` when there is one.
+pub struct HeadOutputs<'a> {
+    pub rot: &'a [f32],
+    pub betas: &'a [f32],
+    pub kp3d: &'a [f32],
+    pub kp2d: &'a [f32],
+    pub raw: Option<&'a [f32]>,
+}
+
+/// The gradients of the weighted objective with respect to [`HeadOutputs`] (plus W's), which
+/// the backward of either engine starts from.
+pub struct HeadGrads {
+    pub d_kp2d: Vec<f32>,
+    pub d_kp3d: Vec<f32>,
+    pub d_rot: Vec<f32>,
+    pub d_betas: Vec<f32>,
+    pub d_raw: Option<Vec<f32>>,
+    /// ∂/∂W (`ours` only: the sample loss, and the exact NLL when computed here).
+    pub d_wcov: Option<Vec<f32>>,
+}
+
+/// What [`head_losses`] computes.
+pub struct HeadLosses {
+    pub terms: LossTerms,
+    /// The weighted total (NaN when any term is not finite: the trainer skips the step).
+    pub total: f64,
+    pub grads: HeadGrads,
+    /// The discriminator's loss `L_D` and the gradients of `weight·L_D`.
+    pub disc: Option<(f64, Discriminator<f32>)>,
+}
+
+/// Every loss term of the objective (SPEC §6.5, §7) from the model's outputs, with the
+/// gradients the backward starts from; also the discriminator's own loss. With
+/// `skip_exact_nll`, the `--ours-nll exact` term is left out (`terms.nll = None`) for an engine
+/// that computes it itself (the GPU's Cholesky kernel), which then also completes `total`.
+pub fn head_losses(
+    model: &HandModel,
+    disc: Option<&Discriminator<f32>>,
+    batch: &Batch,
+    opt: &StepOptions,
+    o: &HeadOutputs,
+    skip_exact_nll: bool,
+) -> Result<HeadLosses> {
+    let u = model.config.uncertainty;
+    let b = batch.b;
+    let w = &opt.weights;
+    let (rot, kp3d, kp2d) = (o.rot, o.kp3d, o.kp2d);
+    let mut terms = LossTerms::default();
+    let mut d_kp2d = vec![0f32; kp2d.len()];
+    terms.keypoints_2d = keypoint_2d_l1(
+        kp2d,
+        &batch.keypoints_2d,
+        w.weight(u, Term::Keypoints2d),
+        &mut d_kp2d,
+    )?;
+    let mut d_kp3d = vec![0f32; kp3d.len()];
+    terms.keypoints_3d = keypoint_3d_l1_rootrel(
+        kp3d,
+        &batch.keypoints_3d,
+        w.weight(u, Term::Keypoints3d),
+        &mut d_kp3d,
+    )?;
+    let mut d_rot = vec![0f32; rot.len()];
+    let mut d_betas = vec![0f32; o.betas.len()];
+    let hp: Vec<f32> = rot.chunks(144).flat_map(|r| r[9..].to_vec()).collect();
+    {
+        let go: Vec<f32> = rot.chunks(144).flat_map(|r| r[..9].to_vec()).collect();
+        let (mut d_go, mut d_hp) = (vec![0f32; go.len()], vec![0f32; hp.len()]);
+        terms.global_orient = parameter_mse(
+            &go,
+            &aa_to_rot(&batch.global_orient)?,
+            &batch.has_global_orient,
+            w.weight(u, Term::GlobalOrient),
+            &mut d_go,
+        )?;
+        terms.hand_pose = parameter_mse(
+            &hp,
+            &aa_to_rot(&batch.hand_pose)?,
+            &batch.has_hand_pose,
+            w.weight(u, Term::HandPose),
+            &mut d_hp,
+        )?;
+        terms.betas = parameter_mse(
+            o.betas,
+            &batch.betas,
+            &batch.has_betas,
+            w.weight(u, Term::Betas),
+            &mut d_betas,
+        )?;
+        if let Some(d) = disc {
+            let (mut dp, mut db) = (vec![0f32; hp.len()], vec![0f32; d_betas.len()]);
+            terms.adversarial = d.generator_loss(
+                &hp,
+                o.betas,
+                w.weight(u, Term::Adversarial),
+                &mut dp,
+                &mut db,
+            )?;
+            add(&mut d_hp, &dp);
+            add(&mut d_betas, &db);
+        }
+        for i in 0..b {
+            d_rot[i * 144..i * 144 + 9].copy_from_slice(&d_go[i * 9..i * 9 + 9]);
+            d_rot[i * 144 + 9..(i + 1) * 144].copy_from_slice(&d_hp[i * 135..(i + 1) * 135]);
+        }
+    }
+    let mut d_raw = o.raw.map(|r| vec![0f32; r.len()]);
+    let mut d_wcov = (u == Uncertainty::Ours).then(|| vec![0f32; DIM * DIM]);
+    if let (Some(raw), Some(d_raw)) = (o.raw, d_raw.as_mut()) {
+        let gt = &batch.keypoints_3d;
+        let mut d_mu = vec![0f32; kp3d.len()];
+        let wn = w.weight(u, Term::Nll);
+        let wmat = model.out_layer_keypoints_3d.as_ref().map(|t| t.data());
+        terms.nll = match (u, opt.ours_nll_exact) {
+            (Uncertainty::Full, _) => Some(nll_full(kp3d, raw, gt, wn, &mut d_mu, d_raw)?),
+            (Uncertainty::Ours, true) if skip_exact_nll => None,
+            (Uncertainty::Ours, true) => {
+                let wm = wmat.ok_or_else(|| Error::Config("`ours` needs W".into()))?;
+                Some(nll_exact_lowrank(
+                    kp3d,
+                    raw,
+                    wm,
+                    gt,
+                    opt.exact_jitter,
+                    wn,
+                    &mut d_mu,
+                    d_raw,
+                    d_wcov.as_deref_mut(),
+                )?)
+            }
+            _ => Some(nll_diag(kp3d, raw, gt, wn, &mut d_mu, d_raw)?),
+        };
+        add(&mut d_kp3d, &d_mu);
+        if Term::SampleMean.used_by(u) {
+            let n = w.sample_num;
+            let eps = match &batch.sample_eps {
+                Some(e) => e.clone(),
+                None => {
+                    let mut e = vec![0f32; b * n * DIM];
+                    super::rng::fill_normals_batch(
+                        opt.seed,
+                        super::rng::STREAM_SAMPLE_NOISE,
+                        opt.step,
+                        0,
+                        n * DIM,
+                        &mut e,
+                    );
+                    e
+                }
+            };
+            let (mut d_mu, mut d_s) = (vec![0f32; kp3d.len()], vec![0f32; raw.len()]);
+            let wm = if u == Uncertainty::Ours { wmat } else { None };
+            terms.sample_mean = Some(sample_mean(
+                kp3d,
+                raw,
+                wm,
+                &eps,
+                gt,
+                w.weight(u, Term::SampleMean),
+                &mut d_mu,
+                &mut d_s,
+                d_wcov.as_deref_mut(),
+            )?);
+            add(&mut d_kp3d, &d_mu);
+            add(d_raw, &d_s);
+        }
+        if Term::UncertaintyReg.used_by(u) {
+            let mut d_s = vec![0f32; raw.len()];
+            terms.uncertainty_reg = Some(uncertainty_reg(
+                raw,
+                w.weight(u, Term::UncertaintyReg),
+                &mut d_s,
+            )?);
+            add(d_raw, &d_s);
+        }
+    }
+    // A non-finite total (NaN in a label, a diverged model) is reported as NaN: the trainer
+    // skips such a step rather than failing.
+    let total = w.total(u, &terms).unwrap_or(f64::NAN);
+
+    // The discriminator's own loss on (detached predictions, MoCap).
+    let disc_out = match (disc, &batch.mocap) {
+        (Some(d), Some((mhp, mbetas))) => {
+            let real = aa_to_rot(mhp)?;
+            let mut grads = Discriminator::<f32>::zeros();
+            let l =
+                d.discriminator_loss(&hp, o.betas, &real, mbetas, b, w.adversarial, &mut grads)?;
+            Some((l, grads))
+        }
+        _ => None,
+    };
+    Ok(HeadLosses {
+        terms,
+        total,
+        grads: HeadGrads {
+            d_kp2d,
+            d_kp3d,
+            d_rot,
+            d_betas,
+            d_raw,
+            d_wcov,
+        },
+        disc: disc_out,
+    })
+}
+
 /// One forward + backward with drop-path off (the configuration `--dump-grads` compares with
 /// PyTorch). Parameter gradients are returned under their state-dict names.
 pub fn train_step(
@@ -156,9 +364,7 @@ pub fn train_step(
     opt: &StepOptions,
 ) -> Result<StepOutput> {
     let cfg = &model.config;
-    let u = cfg.uncertainty;
     let b = batch.b;
-    let w = &opt.weights;
     let (f, s) = (cfg.focal_length as f32, cfg.image_size as f32);
     // ---- forward ----
     let (tokens, vit_acts) = model
@@ -191,143 +397,28 @@ pub fn train_step(
         None => None,
     };
 
-    // ---- losses (each writes weight·∂L/∂input into its own buffer) ----
-    let mut terms = LossTerms::default();
-    let mut d_kp2d = vec![0f32; kp2d.len()];
-    terms.keypoints_2d = keypoint_2d_l1(
-        &kp2d,
-        &batch.keypoints_2d,
-        w.weight(u, Term::Keypoints2d),
-        &mut d_kp2d,
-    )?;
-    let mut d_kp3d = vec![0f32; kp3d.len()];
-    terms.keypoints_3d = keypoint_3d_l1_rootrel(
-        &kp3d,
-        &batch.keypoints_3d,
-        w.weight(u, Term::Keypoints3d),
-        &mut d_kp3d,
-    )?;
-    let mut d_rot = vec![0f32; rot.len()];
-    let mut d_betas = vec![0f32; mh.betas.len()];
-    {
-        let go: Vec<f32> = rot.chunks(144).flat_map(|r| r[..9].to_vec()).collect();
-        let hp: Vec<f32> = rot.chunks(144).flat_map(|r| r[9..].to_vec()).collect();
-        let (mut d_go, mut d_hp) = (vec![0f32; go.len()], vec![0f32; hp.len()]);
-        terms.global_orient = parameter_mse(
-            &go,
-            &aa_to_rot(&batch.global_orient)?,
-            &batch.has_global_orient,
-            w.weight(u, Term::GlobalOrient),
-            &mut d_go,
-        )?;
-        terms.hand_pose = parameter_mse(
-            &hp,
-            &aa_to_rot(&batch.hand_pose)?,
-            &batch.has_hand_pose,
-            w.weight(u, Term::HandPose),
-            &mut d_hp,
-        )?;
-        terms.betas = parameter_mse(
-            &mh.betas,
-            &batch.betas,
-            &batch.has_betas,
-            w.weight(u, Term::Betas),
-            &mut d_betas,
-        )?;
-        if let Some(d) = disc {
-            let (mut dp, mut db) = (vec![0f32; hp.len()], vec![0f32; d_betas.len()]);
-            terms.adversarial = d.generator_loss(
-                &hp,
-                &mh.betas,
-                w.weight(u, Term::Adversarial),
-                &mut dp,
-                &mut db,
-            )?;
-            add(&mut d_hp, &dp);
-            add(&mut d_betas, &db);
-        }
-        for i in 0..b {
-            d_rot[i * 144..i * 144 + 9].copy_from_slice(&d_go[i * 9..i * 9 + 9]);
-            d_rot[i * 144 + 9..(i + 1) * 144].copy_from_slice(&d_hp[i * 135..(i + 1) * 135]);
-        }
-    }
-    let mut d_raw = uh.as_ref().map(|h| vec![0f32; h.raw.len()]);
-    let mut d_wcov = vec![0f32; DIM * DIM];
-    if let (Some(h), Some(d_raw)) = (&uh, d_raw.as_mut()) {
-        let gt = &batch.keypoints_3d;
-        let mut d_mu = vec![0f32; kp3d.len()];
-        let wn = w.weight(u, Term::Nll);
-        let wmat = model.out_layer_keypoints_3d.as_ref().map(|t| t.data());
-        terms.nll = Some(match (u, opt.ours_nll_exact) {
-            (Uncertainty::Full, _) => nll_full(&kp3d, &h.raw, gt, wn, &mut d_mu, d_raw)?,
-            (Uncertainty::Ours, true) => {
-                let wm = wmat.ok_or_else(|| Error::Config("`ours` needs W".into()))?;
-                nll_exact_lowrank(
-                    &kp3d,
-                    &h.raw,
-                    wm,
-                    gt,
-                    opt.exact_jitter,
-                    wn,
-                    &mut d_mu,
-                    d_raw,
-                    Some(&mut d_wcov),
-                )?
-            }
-            _ => nll_diag(&kp3d, &h.raw, gt, wn, &mut d_mu, d_raw)?,
-        });
-        add(&mut d_kp3d, &d_mu);
-        if Term::SampleMean.used_by(u) {
-            let n = w.sample_num;
-            let eps = match &batch.sample_eps {
-                Some(e) => e.clone(),
-                None => {
-                    let mut e = vec![0f32; b * n * DIM];
-                    super::rng::fill_normals_batch(
-                        opt.seed,
-                        super::rng::STREAM_SAMPLE_NOISE,
-                        opt.step,
-                        0,
-                        n * DIM,
-                        &mut e,
-                    );
-                    e
-                }
-            };
-            let (mut d_mu, mut d_s) = (vec![0f32; kp3d.len()], vec![0f32; h.raw.len()]);
-            let wm = if u == Uncertainty::Ours { wmat } else { None };
-            let dw = if u == Uncertainty::Ours {
-                Some(&mut d_wcov[..])
-            } else {
-                None
-            };
-            terms.sample_mean = Some(sample_mean(
-                &kp3d,
-                &h.raw,
-                wm,
-                &eps,
-                gt,
-                w.weight(u, Term::SampleMean),
-                &mut d_mu,
-                &mut d_s,
-                dw,
-            )?);
-            add(&mut d_kp3d, &d_mu);
-            add(d_raw, &d_s);
-        }
-        if Term::UncertaintyReg.used_by(u) {
-            let mut d_s = vec![0f32; h.raw.len()];
-            terms.uncertainty_reg = Some(uncertainty_reg(
-                &h.raw,
-                w.weight(u, Term::UncertaintyReg),
-                &mut d_s,
-            )?);
-            add(d_raw, &d_s);
-        }
-    }
-    // A non-finite total (NaN in a label, a diverged model) is reported as NaN: the trainer
-    // skips such a step rather than failing.
-    let total = w.total(u, &terms).unwrap_or(f64::NAN);
+    // ---- losses ----
+    let outs = HeadOutputs {
+        rot: &rot,
+        betas: &mh.betas,
+        kp3d: &kp3d,
+        kp2d: &kp2d,
+        raw: uh.as_ref().map(|h| &h.raw[..]),
+    };
+    let HeadLosses {
+        terms,
+        total,
+        grads: hg,
+        disc: disc_out,
+    } = head_losses(model, disc, batch, opt, &outs, false)?;
+    let HeadGrads {
+        d_kp2d,
+        mut d_kp3d,
+        mut d_rot,
+        mut d_betas,
+        d_raw,
+        d_wcov,
+    } = hg;
 
     // ---- backward ----
     let mut g = Grads::default();
@@ -374,24 +465,12 @@ pub fn train_step(
     );
     if let (Some(head), Some(h), Some(d_raw)) = (&model.uncertainty_head, &uh, &d_raw) {
         head.backward(h, d_raw, &tokens, &mut d_ctx, &mut g);
-        if u == Uncertainty::Ours {
-            g.put("out_layer_keypoints_3d.weight", d_wcov);
+        if let Some(dw) = d_wcov {
+            g.put("out_layer_keypoints_3d.weight", dw);
         }
     }
     model.backbone.backward(&vit_acts, &d_ctx, &mut g);
 
-    // ---- the discriminator's own loss on (detached predictions, MoCap) ----
-    let disc_out = match (disc, &batch.mocap) {
-        (Some(d), Some((mhp, mbetas))) => {
-            let hp: Vec<f32> = rot.chunks(144).flat_map(|r| r[9..].to_vec()).collect();
-            let real = aa_to_rot(mhp)?;
-            let mut grads = Discriminator::<f32>::zeros();
-            let l =
-                d.discriminator_loss(&hp, &mh.betas, &real, mbetas, b, w.adversarial, &mut grads)?;
-            Some((l, grads))
-        }
-        _ => None,
-    };
     Ok(StepOutput {
         terms,
         total,
