@@ -20,15 +20,23 @@
 #              per run; skipped with a note when compute-sanitizer is not found
 #   bench      $BIN/bench --json $OUT/handcov_bench.jsonl $BENCH_ARGS (when $BIN/bench exists;
 #              at most BENCH_TIMEOUT_S, 150)
+#   torch_train  python3 tests/reference/bench_train_torch.py $TORCH_TRAIN_ARGS: the PyTorch
+#              training step (hamer + ours, batch 64, fp16 AMP / bf16 / fp32) and the exact-NLL
+#              Cholesky baseline; at most TORCH_TRAIN_TIMEOUT_S (150), its --budget-s set so it
+#              stops starting measurements in time. Its rows (kind "train" / "nll") go into
+#              $OUT/torch_bench.jsonl (8-file limit): written first, the torch step appends
 #   torch      python3 tests/reference/bench_gpu_torch.py --out $OUT/torch_bench.jsonl $TORCH_ARGS
-#   compare    tests/reference/compare_bench.py on the two JSONL files
+#              (--append when torch_train wrote the file in this run)
+#   compare    tests/reference/compare_bench.py on the two JSONL files (inference, training and
+#              NLL tables; handcov's train / nll rows come from its bench in handcov_bench.jsonl)
 # then prints a short summary (tests, sanitizer errors, the comparison table), last.
 #
 # Environment: BIN (gpubin), OUT (./gpu_out; the device tool sets it), STEPS, BUDGET_S (560: the
 # whole run's seconds; each step is cut to what is left, and the torch bench, which gets all that
 # remains, stops starting new measurements in time and records the rest as skipped),
 # TEST_ARGS, TEST_TIMEOUT_S (300 per binary), SANITIZER_*, BENCH_ARGS, BENCH_TIMEOUT_S,
-# TORCH_ARGS (e.g. "--batch 1,16 --modes eager_bf16" or "--load-weights FILE").
+# TORCH_ARGS (e.g. "--batch 1,16 --modes eager_bf16" or "--load-weights FILE"),
+# TORCH_TRAIN_ARGS (e.g. "--modes amp_fp16 --steps 30" or "--no-nll"), TORCH_TRAIN_TIMEOUT_S.
 # torch.compile takes minutes per batch size: if its rows come back skipped, run the torch part
 # alone in a second call (STEPS=env,torch,compare) and give compare_bench.py the JSONL files of
 # both calls (later rows replace skipped ones).
@@ -44,7 +52,7 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 BIN="${BIN:-gpubin}"
 OUT="${OUT:-$ROOT/gpu_out}"
-STEPS="${STEPS:-env,tests,sanitizer,bench,torch,compare}"
+STEPS="${STEPS:-env,tests,sanitizer,bench,torch_train,torch,compare}"
 BUDGET_S="${BUDGET_S:-560}"
 TEST_ARGS="${TEST_ARGS:---ignored --test-threads=1}"
 TEST_TIMEOUT_S="${TEST_TIMEOUT_S:-300}"
@@ -55,6 +63,8 @@ SANITIZER_TEST_ARGS="${SANITIZER_TEST_ARGS:-$TEST_ARGS --skip hamer}"
 BENCH_TIMEOUT_S="${BENCH_TIMEOUT_S:-150}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 TORCH_ARGS="${TORCH_ARGS:-}"
+TORCH_TRAIN_TIMEOUT_S="${TORCH_TRAIN_TIMEOUT_S:-150}"
+TORCH_TRAIN_ARGS="${TORCH_TRAIN_ARGS:-}"
 export RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
 
 mkdir -p "$OUT"
@@ -318,14 +328,30 @@ step_bench() {
   [ "$rc" -ne 0 ] && note "- handcov bench: exit status $rc (see bench.log)"
 }
 
+step_torch_train() {
+  banner "torch training bench"
+  local t rc
+  t="$(cap "$TORCH_TRAIN_TIMEOUT_S" 40)"
+  # into torch_bench.jsonl (no ninth file in $OUT); the torch step appends its rows after these
+  echo "---- bench_train_torch.py --out $OUT/torch_bench.jsonl $TORCH_TRAIN_ARGS (timeout ${t}s)" | tee -a "$OUT/bench.log"
+  # shellcheck disable=SC2086
+  timeout --kill-after=10 "$t" python3 tests/reference/bench_train_torch.py \
+    --out "$OUT/torch_bench.jsonl" --budget-s $((t > 45 ? t - 25 : 20)) $TORCH_TRAIN_ARGS 2>&1 |
+    tee -a "$OUT/bench.log" | tail -30
+  rc=${PIPESTATUS[0]}
+  [ "$rc" -ne 0 ] && note "- torch training bench: exit status $rc (see bench.log)"
+  TORCH_TRAIN_RAN=1
+}
+
 step_torch() {
   banner "torch bench"
-  local t rc
+  local t rc append=""
   t="$(cap 100000 25)"
-  echo "---- bench_gpu_torch.py --out $OUT/torch_bench.jsonl $TORCH_ARGS (timeout ${t}s)" | tee -a "$OUT/bench.log"
+  [ "$TORCH_TRAIN_RAN" -eq 1 ] && append="--append"    # keep torch_train's rows
+  echo "---- bench_gpu_torch.py --out $OUT/torch_bench.jsonl $append $TORCH_ARGS (timeout ${t}s)" | tee -a "$OUT/bench.log"
   # shellcheck disable=SC2086
   timeout --kill-after=10 "$t" python3 tests/reference/bench_gpu_torch.py \
-    --out "$OUT/torch_bench.jsonl" --deadline-s $((t > 40 ? t - 30 : 10)) $TORCH_ARGS 2>&1 |
+    --out "$OUT/torch_bench.jsonl" $append --deadline-s $((t > 40 ? t - 30 : 10)) $TORCH_ARGS 2>&1 |
     tee -a "$OUT/bench.log"
   rc=${PIPESTATUS[0]}
   [ "$rc" -ne 0 ] && note "- torch bench: exit status $rc (see bench.log)"
@@ -346,7 +372,7 @@ step_compare() {
 # ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
-CS="" GPU="" NO_TESTS=0 SAN_SKIPPED=0 SAN_MEM=0 SAN_RACE=0 SAN_RUNS=0 SAN_TIMEOUTS=0
+CS="" GPU="" NO_TESTS=0 TORCH_TRAIN_RAN=0 SAN_SKIPPED=0 SAN_MEM=0 SAN_RACE=0 SAN_RUNS=0 SAN_TIMEOUTS=0
 case "$BIN" in /*) ;; *) BIN="$ROOT/$BIN" ;; esac
 if [ -f "$BIN/gpubin.tar.xz" ]; then      # packed by build_gpu_bins.sh: unpack into scratch
   mkdir -p "$WORK/bin"
@@ -366,6 +392,7 @@ if has_step tests || has_step sanitizer || has_step bench; then fix_paths; fi
 has_step tests && step_tests
 has_step sanitizer && step_sanitizer
 has_step bench && step_bench
+has_step torch_train && step_torch_train
 has_step torch && step_torch
 has_step compare && step_compare
 
@@ -394,7 +421,11 @@ failed=$(awk -F'\t' '$3!="ok"' "$WORK/results.tsv" | wc -l)
     fi
   fi
   has_step bench && echo "| handcov bench rows | $(count_rows "$OUT/handcov_bench.jsonl") |"
-  has_step torch && echo "| torch bench rows | $(count_rows "$OUT/torch_bench.jsonl") ($(count_rows "$OUT/torch_bench.jsonl" '"error"') with errors or skipped) |"
+  train_rows=$(( $(count_rows "$OUT/torch_bench.jsonl" '"kind": "train"') + $(count_rows "$OUT/torch_bench.jsonl" '"kind": "nll"') ))
+  if has_step torch_train; then
+    echo "| torch train + nll rows | $train_rows (in torch_bench.jsonl; errors and skipped ones are listed under the comparison) |"
+  fi
+  has_step torch && echo "| torch bench rows | $(( $(count_rows "$OUT/torch_bench.jsonl") - train_rows )) inference + micro ($(count_rows "$OUT/torch_bench.jsonl" '"error"') rows of the file with errors or skipped) |"
   if [ "$failed" -gt 0 ]; then
     echo
     echo "Failed tests:"

@@ -2,7 +2,9 @@
 //! un-flipping left hands, and the per-image result files (JSON, OBJ).
 
 use crate::error::{Error, Result};
-use crate::model::{HandModel, Prediction};
+use crate::model::config::{ModelConfig, Uncertainty};
+use crate::model::weights::TensorFile;
+use crate::model::{detect_uncertainty, ExtraTensors, HandModel, Prediction};
 use crate::ops::image::{
     crop_for_model, crop_to_image, eval_box_size, load_rgb, CropBox, RgbImage,
 };
@@ -15,8 +17,44 @@ use std::path::{Path, PathBuf};
 /// HaMeR's demo enlarges a tight detector box by this factor before the 3:4 expansion.
 pub const DEFAULT_BBOX_RESCALE: f64 = 2.0;
 
+/// Which model to load, as the command-line tools (`infer`, `eval predict`) take it.
+#[derive(Clone, Debug)]
+pub struct ModelSpec {
+    /// A preset name (`hamer`, `tiny`) or a model config JSON file.
+    pub config: String,
+    /// Overrides the config's uncertainty type; with a preset and no override, the type is
+    /// detected from the weights' tensor names.
+    pub uncertainty: Option<String>,
+    pub weights: PathBuf,
+    /// The MANO model from this file instead of the weights' `mano.*` tensors.
+    pub mano: Option<PathBuf>,
+    /// Accept tensors in the weights that the model does not use.
+    pub allow_extra: bool,
+}
+
+/// Loads the model a [`ModelSpec`] describes (every tensor checked; see [`HandModel::load_with`]).
+pub fn load_model(spec: &ModelSpec) -> Result<HandModel> {
+    let weights = TensorFile::open(&spec.weights)?;
+    let mano = spec.mano.as_deref().map(TensorFile::open).transpose()?;
+    let mut config = ModelConfig::load(&spec.config)?;
+    match &spec.uncertainty {
+        Some(u) => config.uncertainty = Uncertainty::parse(u)?,
+        None if ModelConfig::preset(&spec.config).is_some() => {
+            config.uncertainty = detect_uncertainty(&weights)
+        }
+        None => {}
+    }
+    let extra = if spec.allow_extra {
+        ExtraTensors::Ignore
+    } else {
+        ExtraTensors::Error
+    };
+    HandModel::load_with(config, &weights, mano.as_ref(), extra)
+}
+
 /// One hand in the boxes file: either the evaluation-set form (`center` + `scale`, the side in
-/// units of 200 px as in the reference's npz files) or a detector box (`bbox` = x0, y0, x1, y1).
+/// units of 200 px, as HaMeR's datasets use it after dividing the npz files' pixel sides by 200;
+/// see eval/README.md) or a detector box (`bbox` = x0, y0, x1, y1).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BoxEntry {
@@ -227,6 +265,33 @@ pub fn hand_vertices(pred: &Prediction, i: usize, is_right: bool) -> Vec<f32> {
     )
 }
 
+/// The 21 3D joints of hand `i` of a batch in its own handedness, flat `[21·3]` (MANO frame,
+/// metres, OpenPose order).
+pub fn hand_keypoints_3d(pred: &Prediction, i: usize, is_right: bool) -> Vec<f32> {
+    unmirror(
+        &pred.pred_keypoints_3d.data()[i * 63..(i + 1) * 63],
+        is_right,
+    )
+}
+
+/// The 63×63 joint covariance of hand `i` of a batch in its own handedness, flat row-major
+/// (`None` without an uncertainty head). For a left hand Σ ↦ DΣD, D negating every x: entries
+/// pairing an x with a y or z change sign.
+pub fn hand_covariance(pred: &Prediction, i: usize, is_right: bool) -> Option<Vec<f32>> {
+    let u = pred.uncertainty.as_ref()?;
+    let mut cov = u.keypoint_3d_cov.data()[i * 3969..(i + 1) * 3969].to_vec();
+    if !is_right {
+        for r in 0..63 {
+            for c in 0..63 {
+                if (r % 3 == 0) != (c % 3 == 0) {
+                    cov[r * 63 + c] = -cov[r * 63 + c];
+                }
+            }
+        }
+    }
+    Some(cov)
+}
+
 /// The result of hand `i` of a batch as JSON, in the original image's frame: left hands are
 /// un-mirrored (x of joints and vertices negated, `tx` negated; the covariance follows, Σ ↦ DΣD
 /// with D flipping every x), 2D keypoints in image pixels, the camera for the full image.
@@ -239,10 +304,7 @@ pub fn hand_json(
 ) -> Value {
     let size = model.config.image_size as f64;
     let sign = if hand.cbox.is_right { 1.0f32 } else { -1.0 };
-    let kp3 = unmirror(
-        &pred.pred_keypoints_3d.data()[i * 63..(i + 1) * 63],
-        hand.cbox.is_right,
-    );
+    let kp3 = hand_keypoints_3d(pred, i, hand.cbox.is_right);
     let verts = hand_vertices(pred, i, hand.cbox.is_right);
     let cam = &pred.pred_cam.data()[i * 3..i * 3 + 3];
     let cam = [cam[0], sign * cam[1], cam[2]];
@@ -281,17 +343,10 @@ pub fn hand_json(
         "keypoints_2d": kp2,
         "vertices": rows(&verts, 3),
     });
-    if let Some(u) = &pred.uncertainty {
-        let mut cov = u.keypoint_3d_cov.data()[i * 3969..(i + 1) * 3969].to_vec();
-        if sign < 0.0 {
-            for r in 0..63 {
-                for c in 0..63 {
-                    if (r % 3 == 0) != (c % 3 == 0) {
-                        cov[r * 63 + c] = -cov[r * 63 + c];
-                    }
-                }
-            }
-        }
+    if let (Some(u), Some(cov)) = (
+        &pred.uncertainty,
+        hand_covariance(pred, i, hand.cbox.is_right),
+    ) {
         v["joint_uncertainty"] = json!(&u.joint_uncertainty.data()[i * 21..(i + 1) * 21]);
         v["keypoint_3d_cov"] = json!(rows(&cov, 63));
     }

@@ -5,11 +5,10 @@ use handcov::engine::{DeviceChoice, Engine, Precision};
 use handcov::error::{Error, Result};
 use handcov::infer::{
     boxes_for, collect_images, hand_json, hand_vertices, load_image, make_crop, obj_text,
-    parse_boxes, stack, HandCrop,
+    parse_boxes, stack, HandCrop, ModelSpec,
 };
-use handcov::model::config::{ModelConfig, Uncertainty};
 use handcov::model::weights::{save_f32, write_atomic, TensorFile};
-use handcov::model::{detect_uncertainty, ExtraTensors, HandModel};
+use handcov::model::HandModel;
 use std::path::{Path, PathBuf};
 
 const HELP: &str = "\
@@ -114,22 +113,13 @@ fn parse_args() -> Result<Option<Args>> {
 }
 
 fn load_model(args: &Args) -> Result<HandModel> {
-    let weights = TensorFile::open(&args.weights)?;
-    let mano = args.mano.as_deref().map(TensorFile::open).transpose()?;
-    let mut config = ModelConfig::load(&args.config)?;
-    match &args.uncertainty {
-        Some(u) => config.uncertainty = Uncertainty::parse(u)?,
-        None if ModelConfig::preset(&args.config).is_some() => {
-            config.uncertainty = detect_uncertainty(&weights)
-        }
-        None => {}
-    }
-    let extra = if args.allow_extra {
-        ExtraTensors::Ignore
-    } else {
-        ExtraTensors::Error
-    };
-    HandModel::load_with(config, &weights, mano.as_ref(), extra)
+    handcov::infer::load_model(&ModelSpec {
+        config: args.config.clone(),
+        uncertainty: args.uncertainty.clone(),
+        weights: args.weights.clone(),
+        mano: args.mano.clone(),
+        allow_extra: args.allow_extra,
+    })
 }
 
 fn run_tensor_mode(engine: &mut Engine, input: &Path, dump: &Path, repeat: usize) -> Result<()> {

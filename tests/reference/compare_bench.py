@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Compare handcov's `bench --json` output with the PyTorch GPU baseline (bench_gpu_torch.py).
+"""Compare handcov's `bench --json` output with the PyTorch GPU baselines (bench_gpu_torch.py:
+inference; bench_train_torch.py: training step and exact NLL).
 
     python3 tests/reference/compare_bench.py gpu_out/torch_bench.jsonl gpu_out/handcov_bench.jsonl
     python3 tests/reference/compare_bench.py torch.jsonl handcov.jsonl --out compare.md
@@ -16,7 +17,19 @@ says whose it is: "torch" or "handcov") and prints markdown:
 2. If both engines have micro-benchmark rows (torch's kernel "sdpa" / "mano", handcov's
    "self_attention_fwd" / "mano_fwd"): a small table of the median ms of each (kernel, mode,
    batch) both measured, side by side.
-3. Notes: rows that carry an "error" (a failed or skipped measurement) and a device mismatch.
+3. Training (kind "train" rows: handcov's train bench, tests/reference/bench_train_torch.py): a
+   row per batch size: images/s of every handcov mode (bf16, fp32, ...) and every torch mode
+   (amp_fp16 = the reference trainer's fp16 AMP, bf16, fp32), the ratio handcov-bf16 / torch-amp_fp16
+   (handcov-bf16 = the fastest handcov train mode whose label contains "bf16"), the peak memory of
+   both and whether the issue's target holds (>= 1.2x the images/s with lower peak memory); plus
+   handcov-fp32 / torch-fp32 when both exist.
+4. Exact NLL (kind "nll" rows): per batch, handcov's f64 kernel vs torch's f64 (and f32)
+   cholesky + cholesky_solve with autograd, forward + backward median ms, the speed-up
+   torch-f64 / handcov-f64 and the target (>= 10x).
+5. Notes: rows that carry an "error" (a failed or skipped measurement) and a device mismatch.
+
+A side that is missing prints "—" in its cells (a table is still printed when one engine has
+rows of its kind).
 
 Model rows are handcov's kind == "forward" rows and torch's kernel == "model" rows (or rows with
 neither key); handcov's "ceiling" rows are listed in the notes; other kernels are not shown.
@@ -107,10 +120,18 @@ def row_key(r):
     return (r["engine"], kernel, str(r.get("mode")), int(batch) if num(r, "batch") is not None else batch)
 
 
+TRAIN_KINDS = ("train", "nll")
+TRAIN_TARGET = 1.2        # handcov bf16 train step >= 1.2x torch amp_fp16 images/s, less memory
+NLL_TARGET = 10.0         # handcov f64 exact-NLL fwd+bwd >= 10x torch cholesky + autograd
+
+
 def split(rows):
-    """(model index, micro index, error rows, ceiling rows). Index: (engine, kernel, mode, batch)."""
+    """(model index, micro index, error rows, ceiling rows). Index: (engine, kernel, mode, batch).
+    Training rows (kind "train" / "nll") are left to split_train."""
     model, micro, errors, ceilings = {}, {}, [], []
     for r in rows:
+        if r.get("kind") in TRAIN_KINDS:
+            continue
         cat = category(r)
         if "error" in r:
             errors.append(r)
@@ -224,6 +245,109 @@ def micro_table(micro):
     return lines
 
 
+def train_key(r):
+    b = r.get("batch")
+    return (r["engine"], r["kind"], str(r.get("mode")), int(b) if num(r, "batch") is not None else b)
+
+
+def split_train(rows):
+    """({(engine, kind, mode, batch): row} of measured train / nll rows, error rows not made good
+    by a measurement of the same key). Later rows replace earlier ones."""
+    index, errors = {}, []
+    for r in rows:
+        if r.get("kind") not in TRAIN_KINDS or "mode" not in r:
+            continue
+        if "error" in r:
+            errors.append(r)
+        elif num(r, "batch") is not None and num(r, "median_ms") is not None:
+            index[train_key(r)] = r
+    return index, [r for r in errors if train_key(r) not in index]
+
+
+def best_train(index, engine, kind, batch, accept):
+    cands = [r for (e, k, m, b), r in index.items()
+             if e == engine and k == kind and b == batch and accept(m)]
+    return max(cands, key=ips, default=None)
+
+
+def modes_of(index, engine, kind, first):
+    seen = []
+    for (e, k, m, _b) in index:
+        if e == engine and k == kind and m not in seen:
+            seen.append(m)
+    return [m for m in first if m in seen] + [m for m in seen if m not in first]
+
+
+def f_ms3(row):
+    return "—" if row is None or num(row, "median_ms") is None else f"{row['median_ms']:.3f}"
+
+
+def verdict(ok):
+    return "—" if ok is None else ("yes" if ok else "**no**")
+
+
+def train_table(index):
+    """handcov train rows vs torch amp_fp16 (the reference trainer's fp16 AMP) per batch."""
+    batches = sorted({b for (_, k, _, b) in index if k == "train"})
+    hc_modes = modes_of(index, HC, "train", ["bf16", "fp32"])
+    t_modes = modes_of(index, TORCH, "train", ["amp_fp16", "bf16", "fp32"])
+    if "amp_fp16" not in t_modes:
+        t_modes = ["amp_fp16"] + t_modes            # the reference column is always shown
+    if not hc_modes:
+        hc_modes = ["bf16"]
+    head = (["batch"] + [f"handcov {m} img/s" for m in hc_modes]
+            + [f"torch {m} img/s" for m in t_modes]
+            + ["handcov bf16 ÷ torch amp_fp16", "handcov fp32 ÷ torch fp32",
+               "median ms (handcov bf16 / torch amp_fp16)",
+               "peak MiB (handcov bf16 / torch amp_fp16)",
+               f"target (≥ {TRAIN_TARGET}×, less memory)"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:"] * len(head)) + "|"]
+    for b in batches:
+        get = lambda e, m: index.get((e, "train", m, b))  # noqa: E731
+        hc = best_train(index, HC, "train", b, lambda m: "bf16" in m)
+        ref = get(TORCH, "amp_fp16")
+        hc32, t32 = get(HC, "fp32"), get(TORCH, "fp32")
+        hc_tag = None if hc is None or hc["mode"] == "bf16" else hc["mode"]
+        target = "—"
+        if ips(hc) is not None and ips(ref) is not None:
+            mh, mt = num(hc, "peak_mem_mib"), num(ref, "peak_mem_mib")
+            if ips(hc) < TRAIN_TARGET * ips(ref):
+                target = "**no** (speed)"
+            elif mh is None or mt is None:
+                target = "speed yes, memory —"
+            else:
+                target = "yes" if mh < mt else "**no** (memory)"
+        cells = ([str(b)] + [f_ips(ips(get(HC, m))) for m in hc_modes]
+                 + [f_ips(ips(get(TORCH, m))) for m in t_modes]
+                 + [ratio(ips(hc), ips(ref), hc_tag), ratio(ips(hc32), ips(t32)),
+                    " / ".join(f_ms(r) for r in (hc, ref)),
+                    " / ".join(f_mib(r) for r in (hc, ref)), target])
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def nll_table(index):
+    """handcov's exact-NLL kernel (f64) vs torch's cholesky + cholesky_solve with autograd."""
+    batches = sorted({b for (_, k, _, b) in index if k == "nll"})
+    head = ["batch", "handcov f64 ms", "torch f64 ms", "torch f32 ms",
+            "torch f64 ÷ handcov f64", f"target (≥ {NLL_TARGET:g}×)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:"] * len(head)) + "|"]
+    for b in batches:
+        hc = index.get((HC, "nll", "f64", b))
+        if hc is None:                                  # another label: the fastest handcov row
+            cands = [r for (e, k, _m, bb), r in index.items() if e == HC and k == "nll" and bb == b]
+            hc = min(cands, key=lambda r: r["median_ms"], default=None)
+        t64, t32 = index.get((TORCH, "nll", "f64", b)), index.get((TORCH, "nll", "f32", b))
+        hc_ms = None if hc is None else hc["median_ms"]
+        t_ms = None if t64 is None else t64["median_ms"]
+        tag = None if hc is None or hc["mode"] == "f64" else f"handcov {hc['mode']}"
+        ok = None if hc_ms is None or t_ms is None else t_ms >= NLL_TARGET * hc_ms
+        cells = [str(b)] + [f_ms3(r) for r in (hc, t64, t32)]
+        cells += [ratio(t_ms, hc_ms, tag), verdict(ok)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def notes(rows, errors, ceilings):
     out = []
     for r in ceilings:
@@ -242,7 +366,7 @@ def notes(rows, errors, ceilings):
         out.append("- **warning**: the rows come from different devices; ratios compare unlike "
                    "machines")
     for r in errors:
-        kernel = row_key(r)[1]
+        kernel = r["kind"] if r.get("kind") in TRAIN_KINDS else row_key(r)[1]
         out.append(f"- {r['engine']} {kernel} {r.get('mode', '?')} batch {r.get('batch', '?')}: "
                    f"{str(r['error'])[:200]}")
     return out
@@ -250,9 +374,12 @@ def notes(rows, errors, ceilings):
 
 def render(rows):
     model, micro, errors, ceilings = split(rows)
+    train, train_errors = split_train(rows)
     engines = {r["engine"] for r in rows}
-    out = ["## Whole model (images/s; higher is better)", ""]
-    out += model_table(model) if model else ["(no model rows)"]
+    out = []
+    if model or not train:
+        out += ["## Whole model (images/s; higher is better)", ""]
+        out += model_table(model) if model else ["(no model rows)"]
     micro_engines = {e for (e, _, _, _) in micro}
     if micro_engines:
         out += [""]
@@ -264,13 +391,20 @@ def render(rows):
         else:
             out += [f"(micro-benchmarks only in the {', '.join(sorted(micro_engines))} rows; "
                     f"no side-by-side table)"]
+    kinds = {k for (_, k, _, _) in train}
+    if "train" in kinds:
+        out += ["", "## Training step (images/s; higher is better; torch amp_fp16 = the "
+                    "reference trainer's fp16 AMP)", ""] + train_table(train)
+    if "nll" in kinds:
+        out += ["", "## Exact NLL, Cholesky forward + backward (median ms; lower is better)", ""]
+        out += nll_table(train)
     for e in (HC, TORCH):
         if e not in engines:
             out += ["", f"(no {e} rows in the input)"]
-    n = notes(rows, errors, ceilings)
+    n = notes(rows, errors + train_errors, ceilings)
     if n:
         out += ["", "Notes:"] + n
-    return "\n".join(out) + "\n"
+    return "\n".join(out).lstrip("\n") + "\n"
 
 
 def main():

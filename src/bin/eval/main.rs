@@ -25,7 +25,9 @@ fn run() -> Result<()> {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     if args.is_empty() {
         print!("{HELP}");
-        return Err(Error::Input("missing subcommand (predict, pose or uncertainty)".into()));
+        return Err(Error::Input(
+            "missing subcommand (predict, pose or uncertainty)".into(),
+        ));
     }
     let sub = args.remove(0);
     let rest = pico_args::Arguments::from_vec(args);

@@ -1,7 +1,70 @@
-//! `eval pose` (being written).
+//! `eval pose`: the FreiHAND pose metrics of a predictions file (SPEC §9.4).
 
 use handcov::error::{Error, Result};
+use handcov::eval::files::Dataset;
+use handcov::model::weights::write_atomic;
+use std::path::PathBuf;
 
-pub fn run(_args: pico_args::Arguments) -> Result<()> {
-    Err(Error::Input("eval pose is not written yet".into()))
+const HELP: &str = "\
+eval pose: PA-MPJPE, PA-MPVPE, AUC_J, AUC_V, F@5mm, F@15mm (FreiHAND procedure, SPEC §9.4),
+plus unaligned and root-aligned MPJPE
+
+USAGE:
+  eval pose --dataset freihand|ho3d --pred FILE --gt-dir DIR [--out FILE.json] [--threads N]
+
+OPTIONS:
+  --dataset NAME    freihand or ho3d (labels the output; both use the same procedure)
+  --pred FILE       predictions {dataset}-val.json: [xyz_list N×21×3, verts_list N×778×3], metres
+  --gt-dir DIR      holds evaluation_xyz.json (N×21×3) and evaluation_verts.json (N×778×3)
+  --out FILE        the metrics as JSON (default: pose_metrics.json beside --pred); keys
+                    pa_mpjpe_mm, pa_mpvpe_mm, auc_j, auc_v, f5, f15, mpjpe_mm, root_mpjpe_mm, n,
+                    dataset
+  --threads N       worker threads (default: all cores)
+  -h, --help        this text
+
+Joints and vertices are Procrustes-aligned independently per sample (align_w_scale); AUC and
+F-scores use the aligned sets. For ho3d both files are in HO-3D joint order and the GT is in the
+OpenGL camera frame while predictions are in the MANO frame: Procrustes absorbs that, but the
+unaligned and root-aligned MPJPE are then frame-dependent.
+";
+
+fn arg_err(e: pico_args::Error) -> Error {
+    Error::Input(format!("{e} (see eval pose --help)"))
+}
+
+pub fn run(mut p: pico_args::Arguments) -> Result<()> {
+    if p.contains(["-h", "--help"]) {
+        print!("{HELP}");
+        return Ok(());
+    }
+    let dataset: String = p.value_from_str("--dataset").map_err(arg_err)?;
+    let pred: PathBuf = p.value_from_str("--pred").map_err(arg_err)?;
+    let gt_dir: PathBuf = p.value_from_str("--gt-dir").map_err(arg_err)?;
+    let out: Option<PathBuf> = p.opt_value_from_str("--out").map_err(arg_err)?;
+    let threads: Option<usize> = p
+        .opt_value_from_fn("--threads", |v| {
+            v.parse::<usize>()
+                .map_err(|e| format!("--threads {v:?}: {e}"))
+        })
+        .map_err(arg_err)?;
+    let rest = p.finish();
+    if let Some(first) = rest.first() {
+        return Err(Error::Input(format!(
+            "unexpected argument {first:?} (see eval pose --help)"
+        )));
+    }
+    let dataset = Dataset::parse(&dataset)?;
+    handcov::eval::set_threads(threads)?;
+    let out = out.unwrap_or_else(|| {
+        pred.parent()
+            .map(|d| d.join("pose_metrics.json"))
+            .unwrap_or_else(|| PathBuf::from("pose_metrics.json"))
+    });
+    let m = handcov::eval::pose::evaluate(&pred, &gt_dir)?;
+    let text = serde_json::to_string_pretty(&m.to_json(dataset.name()))
+        .map_err(|e| Error::Input(format!("cannot serialise the metrics: {e}")))?;
+    write_atomic(&out, format!("{text}\n").as_bytes())?;
+    print!("{}", m.table());
+    println!("wrote {}", out.display());
+    Ok(())
 }

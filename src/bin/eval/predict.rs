@@ -1,7 +1,235 @@
-//! `eval predict` (being written).
+//! `eval predict`: run a model over an evaluation set and write the reference's result files.
+//! See `eval predict --help` and eval/README.md.
 
+use handcov::engine::{DeviceChoice, Engine, Precision};
 use handcov::error::{Error, Result};
+use handcov::eval::files::Dataset;
+use handcov::eval::predict::{check_images, load_eval_set, predict, write_outputs, OutputPaths};
+use handcov::infer::{load_model, ModelSpec};
+use handcov::model::config::Uncertainty;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-pub fn run(_args: pico_args::Arguments) -> Result<()> {
-    Err(Error::Input("eval predict is not written yet".into()))
+const HELP: &str = "\
+eval predict: run a model over a FreiHAND / HO-3D evaluation set (SPEC §9.1-9.2)
+
+USAGE:
+  eval predict --dataset freihand|ho3d --samples SAMPLES.json --weights W.safetensors
+               --exp NAME [options]
+
+  SAMPLES.json is the evaluation set: the samples in output order, each an image path and its
+  box (eval/convert_eval_boxes.py writes it from the reference's freihand_val.npz /
+  ho3d_val.npz; format in eval/README.md). Crops follow the evaluation rule (box expanded to
+  3:4, square crop, no blur); left hands are mirrored in and un-mirrored out.
+
+  Writes, under OUT/NAME/:
+    DATASET-val.json                     [xyz_list, verts_list]: N x 21 x 3 joints and
+                                         N x 778 x 3 vertices, metres, MANO frame (no camera
+                                         translation, no root centring); HO-3D joint order for
+                                         ho3d, vertices never re-ordered
+    DATASET-val_uncertainty.json         [uncertainty_list]: N x 21, trace of each joint's 3x3
+                                         covariance block (m^2), same joint order
+    DATASET-val_covariance.safetensors   `covariance` f32 [N,63,63] (m^2), index 3*joint+coord
+                                         in the same joint order; metadata `uncertainty`
+  A model without an uncertainty head writes only DATASET-val.json.
+
+OPTIONS:
+  --dataset NAME          freihand or ho3d (joint order and file names)
+  --samples FILE          the evaluation set (JSON)
+  --data ROOT             directory the samples' relative image paths start from
+                          (default: the directory of SAMPLES.json)
+  --weights FILE          model weights (safetensors; see weights/README.md)
+  --exp NAME              experiment name: the output directory OUT/NAME
+  --out DIR               default `results`
+  --config NAME_OR_FILE   preset `hamer` (default) or `tiny`, or a model config JSON
+  --uncertainty TYPE      none|diag|full|ours|ours_wo_linear (default: the config file's value;
+                          with a preset, detected from the weights)
+  --mano M.safetensors    take the MANO model from this file
+  --allow-extra           accept tensors in the weights that the model does not use
+  --device cpu|cuda|auto  default auto: the GPU when one is usable, else the CPU
+  --precision fp32|bf16   GPU numerics (default fp32, the reference's evaluation precision)
+  --batch N               images per forward pass (default 16, as the reference)
+  --threads N             CPU threads (default: all cores)
+  --limit K               evaluate only the first K samples (smoke tests; the metrics expect
+                          the whole set)
+  -h, --help              this text
+
+Every missing or unreadable image, malformed evaluation set or bad flag is one `error: ...`
+line and exit code 2; no sample is ever skipped.
+";
+
+struct Args {
+    dataset: Dataset,
+    samples: PathBuf,
+    data: Option<PathBuf>,
+    exp: String,
+    out: PathBuf,
+    model: ModelSpec,
+    device: DeviceChoice,
+    precision: Precision,
+    batch: usize,
+    threads: Option<usize>,
+    limit: Option<usize>,
+}
+
+fn required<T: std::str::FromStr>(p: &mut pico_args::Arguments, flag: &'static str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    opt(p, flag)?.ok_or_else(|| Error::Input(format!("missing {flag} (see --help)")))
+}
+
+fn opt<T: std::str::FromStr>(p: &mut pico_args::Arguments, flag: &'static str) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    p.opt_value_from_fn(flag, |v| v.parse::<T>().map_err(|e| format!("{e}")))
+        .map_err(|e| Error::Input(format!("{flag}: {e} (see --help)")))
+}
+
+fn parse_args(mut p: pico_args::Arguments) -> Result<Option<Args>> {
+    if p.contains(["-h", "--help"]) {
+        print!("{HELP}");
+        return Ok(None);
+    }
+    let dataset: String = required(&mut p, "--dataset")?;
+    let args = Args {
+        dataset: Dataset::parse(&dataset)?,
+        samples: required(&mut p, "--samples")?,
+        data: opt(&mut p, "--data")?,
+        exp: required(&mut p, "--exp")?,
+        out: opt(&mut p, "--out")?.unwrap_or_else(|| PathBuf::from("results")),
+        model: ModelSpec {
+            config: opt(&mut p, "--config")?.unwrap_or_else(|| "hamer".to_string()),
+            uncertainty: opt(&mut p, "--uncertainty")?,
+            weights: required(&mut p, "--weights")?,
+            mano: opt(&mut p, "--mano")?,
+            allow_extra: p.contains("--allow-extra"),
+        },
+        device: DeviceChoice::parse(
+            &opt::<String>(&mut p, "--device")?.unwrap_or_else(|| "auto".into()),
+        )?,
+        precision: Precision::parse(
+            &opt::<String>(&mut p, "--precision")?.unwrap_or_else(|| "fp32".into()),
+        )?,
+        batch: opt(&mut p, "--batch")?.unwrap_or(16),
+        threads: opt(&mut p, "--threads")?,
+        limit: opt(&mut p, "--limit")?,
+    };
+    if let Some(first) = p.finish().first() {
+        return Err(Error::Input(format!(
+            "unexpected argument {first:?} (see --help)"
+        )));
+    }
+    if args.batch == 0 {
+        return Err(Error::Input("--batch must be at least 1".into()));
+    }
+    if args.limit == Some(0) {
+        return Err(Error::Input("--limit must be at least 1".into()));
+    }
+    if args.exp.is_empty() || args.exp == "." || args.exp == ".." || args.exp.contains(['/', '\\'])
+    {
+        return Err(Error::Input(format!(
+            "--exp {:?}: an experiment name is one directory name (no `/`)",
+            args.exp
+        )));
+    }
+    if let Some(u) = &args.model.uncertainty {
+        Uncertainty::parse(u)?;
+    }
+    Ok(Some(args))
+}
+
+fn rate(done: usize, elapsed: Duration) -> f64 {
+    done as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+pub fn run(p: pico_args::Arguments) -> Result<()> {
+    let Some(args) = parse_args(p)? else {
+        return Ok(());
+    };
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .map_err(|e| Error::Input(format!("--threads: {e}")))?;
+    }
+    let set = load_eval_set(&args.samples, args.data.as_deref())?;
+    if let Some(d) = &set.dataset {
+        if d != args.dataset.name() {
+            return Err(Error::Input(format!(
+                "{}: the evaluation set is for dataset \"{d}\" but --dataset is {}",
+                args.samples.display(),
+                args.dataset.name()
+            )));
+        }
+    }
+    let mut samples = set.samples;
+    if let Some(k) = args.limit {
+        samples.truncate(k);
+    }
+    // Every image is checked before the model is loaded: a missing file fails in seconds, not
+    // after hours of work.
+    check_images(&samples)?;
+    let model = load_model(&args.model)?;
+    let uncertainty = model.config.uncertainty;
+    let mut engine = Engine::new(model, args.device, args.precision, false)?;
+    let dir = args.out.join(&args.exp);
+    let paths = OutputPaths::new(&dir, args.dataset);
+    eprintln!(
+        "eval predict: {} samples of {} ({}), model `{}` on {}, batch {}",
+        samples.len(),
+        args.dataset.name(),
+        args.samples.display(),
+        uncertainty.name(),
+        engine.describe(),
+        args.batch
+    );
+    let official = args.dataset.official_n();
+    if args.limit.is_none() && samples.len() != official {
+        eprintln!(
+            "note: the official {} evaluation split has {official} images; the metrics of this \
+             set are not comparable with published numbers",
+            args.dataset.name()
+        );
+    }
+    let start = Instant::now();
+    let mut last = start;
+    let preds = predict(&mut engine, &samples, args.dataset, args.batch, |pr| {
+        if last.elapsed() >= Duration::from_secs(10) && pr.done < pr.total {
+            last = Instant::now();
+            eprintln!(
+                "  {} / {} images, {:.2} images/s",
+                pr.done,
+                pr.total,
+                rate(pr.done, pr.elapsed)
+            );
+        }
+    })?;
+    eprintln!(
+        "  {} / {} images in {:.1} s, {:.2} images/s",
+        preds.n,
+        samples.len(),
+        start.elapsed().as_secs_f64(),
+        rate(preds.n, start.elapsed())
+    );
+    let written = write_outputs(&paths, &preds, uncertainty.name())?;
+    if uncertainty == Uncertainty::None {
+        eprintln!(
+            "note: the model has no uncertainty head: only {} is written",
+            paths.predictions.display()
+        );
+        for stale in [&paths.uncertainty, &paths.covariance] {
+            if stale.exists() {
+                eprintln!(
+                    "warning: {} is from an earlier run and was not updated",
+                    stale.display()
+                );
+            }
+        }
+    }
+    for w in &written {
+        eprintln!("wrote {}", w.display());
+    }
+    Ok(())
 }

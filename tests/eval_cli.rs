@@ -1,0 +1,582 @@
+//! The `eval pose` and `eval uncertainty` subcommands end to end on a generated 40-sample set
+//! (tests/fixtures/eval/e2e.json: the generator, checksums and the NumPy/SciPy reference
+//! numbers from tests/reference/make_eval_fixtures.py), and one `error: ...` line with exit
+//! code 2 for every kind of bad input.
+
+mod common;
+
+use common::scratch;
+use handcov::eval::files::{
+    write_covariance, write_gt_points, write_predictions, write_uncertainty, PointSets,
+};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// Same tolerance as tests/eval_metrics.rs: f64 throughout, only summation order differs.
+const TOL: f64 = 1e-9;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn eval(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_eval"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn close(what: &str, a: f64, b: f64) {
+    let err = if b.abs() < 1e-12 {
+        (a - b).abs()
+    } else {
+        (a - b).abs() / b.abs()
+    };
+    assert!(err <= TOL, "{what}: {a} vs {b} (err {err:e})");
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn u(stream: u64, i: usize) -> f64 {
+    (splitmix64((stream << 32) + i as u64) >> 11) as f64 * 2f64.powi(-53)
+}
+
+/// The generated set (see `E2E` in make_eval_fixtures.py): GT in f64, the rest in f32.
+struct Set {
+    n: usize,
+    gt_verts: Vec<f64>,
+    gt_xyz: Vec<f64>,
+    pred_verts: Vec<f32>,
+    pred_xyz: Vec<f32>,
+    unc: Vec<f32>,
+    cov: Vec<f32>,
+}
+
+fn generate(n: usize) -> Set {
+    const SIZE: [f64; 3] = [0.10, 0.08, 0.03];
+    let t: Vec<[f64; 3]> = (0..778)
+        .map(|v| [0, 1, 2].map(|c| (u(1, 3 * v + c) - 0.5) * SIZE[c]))
+        .collect();
+    let rot3 = |x: [f64; 3]| {
+        [
+            x[0] * 0.6 + x[1] * -0.8 + x[2] * 0.0,
+            x[0] * 0.8 + x[1] * 0.6 + x[2] * 0.0,
+            x[0] * 0.0 + x[1] * 0.0 + x[2] * 1.0,
+        ]
+    };
+    let rt: Vec<[f64; 3]> = t.iter().map(|&x| rot3(x)).collect();
+    let mut set = Set {
+        n,
+        gt_verts: vec![],
+        gt_xyz: vec![],
+        pred_verts: vec![],
+        pred_xyz: vec![],
+        unc: vec![],
+        cov: vec![],
+    };
+    for i in 0..n {
+        let off = [
+            (u(2, 3 * i) - 0.5) * 0.2,
+            (u(2, 3 * i + 1) - 0.5) * 0.2,
+            0.5 + u(2, 3 * i + 2) * 0.5,
+        ];
+        let sc = 0.9 + 0.2 * u(3, i);
+        let noise = 0.002 + 0.02 * u(6, i);
+        for v in 0..778 {
+            for c in 0..3 {
+                let k = (778 * i + v) * 3 + c;
+                set.gt_verts
+                    .push(t[v][c] * sc + off[c] + (u(4, k) - 0.5) * 0.002);
+                set.pred_verts
+                    .push((rt[v][c] + (u(5, k) - 0.5) * noise) as f32);
+            }
+        }
+        for j in 0..21 {
+            let jv = (37 * j) % 778;
+            for c in 0..3 {
+                let k = (21 * i + j) * 3 + c;
+                set.gt_xyz
+                    .push(t[jv][c] * sc + off[c] + (u(7, k) - 0.5) * 0.002);
+                set.pred_xyz
+                    .push((rt[jv][c] + (u(8, k) - 0.5) * noise * 2.0) as f32);
+            }
+            set.unc
+                .push((noise * noise * (0.5 + u(9, 21 * i + j))) as f32);
+        }
+        let cv: Vec<f64> = (0..63).map(|a| (u(10, 63 * i + a) - 0.5) * noise).collect();
+        let mut d: Vec<f64> = (0..63)
+            .map(|a| noise * noise * (0.2 + 0.3 * u(11, 63 * i + a)))
+            .collect();
+        if i == 7 {
+            d[5] = -1.0;
+        }
+        for a in 0..63 {
+            for b in 0..63 {
+                set.cov
+                    .push((cv[a] * cv[b] + if a == b { d[a] } else { 0.0 }) as f32);
+            }
+        }
+    }
+    set
+}
+
+fn expected() -> Value {
+    let p = common::fixture("eval/e2e.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// Writes the set in the reference's layout: `root/results/e2e/freihand-val*.{json,safetensors}`
+/// and `root/gt/evaluation_{xyz,verts}.json`.
+fn write_set(root: &Path, set: &Set, with_cov: bool) -> (PathBuf, PathBuf) {
+    let exp = root.join("results/e2e");
+    let gt = root.join("gt");
+    std::fs::create_dir_all(&exp).unwrap();
+    std::fs::create_dir_all(&gt).unwrap();
+    write_predictions(
+        &exp.join("freihand-val.json"),
+        set.n,
+        &set.pred_xyz,
+        &set.pred_verts,
+    )
+    .unwrap();
+    write_uncertainty(&exp.join("freihand-val_uncertainty.json"), set.n, &set.unc).unwrap();
+    if with_cov {
+        write_covariance(
+            &exp.join("freihand-val_covariance.safetensors"),
+            set.n,
+            &set.cov,
+            "ours",
+        )
+        .unwrap();
+    }
+    let xyz = PointSets::new(set.n, 21, set.gt_xyz.clone()).unwrap();
+    let verts = PointSets::new(set.n, 778, set.gt_verts.clone()).unwrap();
+    write_gt_points(&gt.join("evaluation_xyz.json"), &xyz).unwrap();
+    write_gt_points(&gt.join("evaluation_verts.json"), &verts).unwrap();
+    (root.join("results"), gt)
+}
+
+#[test]
+fn generator_matches_the_fixture_script() {
+    let exp = expected();
+    let set = generate(exp["n"].as_u64().unwrap() as usize);
+    let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    for (name, vals) in [
+        ("gt_verts", set.gt_verts.clone()),
+        ("pred_verts", wide(&set.pred_verts)),
+        ("gt_xyz", set.gt_xyz.clone()),
+        ("pred_xyz", wide(&set.pred_xyz)),
+        ("unc", wide(&set.unc)),
+        ("cov", wide(&set.cov)),
+    ] {
+        let first: Vec<u64> = exp["first_bits"][name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_str().unwrap().parse().unwrap())
+            .collect();
+        let ours: Vec<u64> = vals[..5].iter().map(|v| v.to_bits()).collect();
+        assert_eq!(ours, first, "{name}: first values bit for bit");
+        close(
+            &format!("{name} sum"),
+            vals.iter().sum(),
+            exp["sums"][name].as_f64().unwrap(),
+        );
+    }
+}
+
+#[test]
+fn uncertainty_and_pose_match_the_reference() {
+    let exp = expected();
+    let set = generate(exp["n"].as_u64().unwrap() as usize);
+    let root = scratch("eval_cli_e2e");
+    let (pred_dir, gt_dir) = write_set(&root, &set, true);
+    let out = root.join("save");
+    let run = eval(&[
+        "uncertainty",
+        "--dataset",
+        "freihand",
+        "--exp",
+        "e2e",
+        "--pred-dir",
+        s(&pred_dir),
+        "--gt-dir",
+        s(&gt_dir),
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(run.0, 0, "{}", run.2);
+    assert!(run.1.starts_with("Pearson Correlation: "), "{}", run.1);
+
+    // scores.txt: exactly the reference's five lines.
+    let txt = std::fs::read_to_string(out.join("freihand/e2e/scores.txt")).unwrap();
+    let lines: Vec<&str> = txt.lines().collect();
+    assert_eq!(lines.len(), 5, "{txt}");
+    assert!(txt.ends_with('\n'));
+    let labels = [
+        "Pearson Correlation",
+        "Pearson Correlation_1_99",
+        "Pearson Correlation_5_95",
+        "AUSC",
+        "AUSE",
+    ];
+    let want = exp["scores_txt"].as_array().unwrap();
+    for ((line, label), w) in lines.iter().zip(labels).zip(want) {
+        let (l, v) = line.split_once(": ").unwrap();
+        assert_eq!(l, label);
+        let v: f64 = v.parse().unwrap();
+        // Python float repr: parsing the text gives the value back exactly.
+        assert_eq!(
+            handcov::eval::json::python_float_repr(v),
+            line.split_once(": ").unwrap().1
+        );
+        close(label, v, w.as_f64().unwrap());
+    }
+
+    // scores.json: the same numbers, the aligned variants, the calibration.
+    let js: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("freihand/e2e/scores.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(js["n"], 40);
+    let keys = ["pearson", "pearson_1_99", "pearson_5_95", "ausc", "ause"];
+    for (k, w) in keys.iter().zip(want) {
+        close(k, js[k].as_f64().unwrap(), w.as_f64().unwrap());
+        close(
+            k,
+            js["reference_unaligned"][k].as_f64().unwrap(),
+            w.as_f64().unwrap(),
+        );
+    }
+    for variant in ["root_aligned", "procrustes_aligned"] {
+        for (k, w) in keys.iter().zip(exp[variant].as_array().unwrap()) {
+            close(
+                &format!("{variant} {k}"),
+                js[variant][k].as_f64().unwrap(),
+                w.as_f64().unwrap(),
+            );
+        }
+    }
+    let cal = &js["calibration"];
+    assert_eq!(cal["uncertainty_type"], "ours");
+    for variant in ["unaligned", "root_relative", "procrustes_aligned"] {
+        let (g, w) = (&cal[variant], &exp["calibration"][variant]);
+        assert_eq!(g["k"], w["k"]);
+        assert_eq!(g["n_used"], w["n_used"]);
+        assert_eq!(g["n_not_positive_definite"], w["n_not_pd"]);
+        close(
+            &format!("{variant} nll"),
+            g["nll_mean"].as_f64().unwrap(),
+            w["nll"].as_f64().unwrap(),
+        );
+        close(
+            &format!("{variant} m"),
+            g["mahalanobis_sq_mean"].as_f64().unwrap(),
+            w["mahalanobis_sq_mean"].as_f64().unwrap(),
+        );
+        for (k, key) in ["coverage_50", "coverage_90", "coverage_95"]
+            .iter()
+            .enumerate()
+        {
+            close(
+                key,
+                g[key].as_f64().unwrap(),
+                w["coverage"][k].as_f64().unwrap(),
+            );
+        }
+    }
+
+    // eval pose, default output beside the predictions.
+    let pred = pred_dir.join("e2e/freihand-val.json");
+    let run = eval(&[
+        "pose",
+        "--dataset",
+        "freihand",
+        "--pred",
+        s(&pred),
+        "--gt-dir",
+        s(&gt_dir),
+    ]);
+    assert_eq!(run.0, 0, "{}", run.2);
+    assert!(run.1.contains("PA-MPJPE"), "{}", run.1);
+    let js: Value = serde_json::from_str(
+        &std::fs::read_to_string(pred_dir.join("e2e/pose_metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let w = &exp["pose"];
+    assert_eq!(js["n"], w["n"]);
+    for k in [
+        "pa_mpjpe_mm",
+        "pa_mpvpe_mm",
+        "auc_j",
+        "auc_v",
+        "f5",
+        "f15",
+        "mpjpe_mm",
+        "root_mpjpe_mm",
+    ] {
+        close(k, js[k].as_f64().unwrap(), w[k].as_f64().unwrap());
+    }
+}
+
+#[test]
+fn uncertainty_without_covariance_omits_calibration() {
+    let set = generate(40);
+    let root = scratch("eval_cli_no_cov");
+    let (pred_dir, gt_dir) = write_set(&root, &set, false);
+    let out = root.join("save");
+    let run = eval(&[
+        "uncertainty",
+        "--dataset",
+        "freihand",
+        "--exp",
+        "e2e",
+        "--pred-dir",
+        s(&pred_dir),
+        "--gt-dir",
+        s(&gt_dir),
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(run.0, 0, "{}", run.2);
+    assert!(run.1.contains("calibration omitted"), "{}", run.1);
+    let js: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("freihand/e2e/scores.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(js["calibration"].is_null());
+    let want = expected();
+    close(
+        "AUSC",
+        js["ausc"].as_f64().unwrap(),
+        want["scores_txt"][3].as_f64().unwrap(),
+    );
+}
+
+/// One `error: ...` line on stderr and exit code 2.
+fn assert_error(run: (i32, String, String), needle: &str) {
+    assert_eq!(run.0, 2, "stdout {} stderr {}", run.1, run.2);
+    let lines: Vec<&str> = run.2.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", run.2);
+    assert!(lines[0].starts_with("error: "), "{}", run.2);
+    assert!(
+        lines[0].contains(needle),
+        "expected {needle:?} in {}",
+        lines[0]
+    );
+}
+
+#[test]
+fn bad_inputs_give_one_error_line() {
+    let set = generate(40);
+    let root = scratch("eval_cli_errors");
+    let (pred_dir, gt_dir) = write_set(&root, &set, true);
+    let out = root.join("save");
+    let unc_args = |pd: &Path, gt: &Path, dataset: &str| -> Vec<String> {
+        [
+            "uncertainty",
+            "--dataset",
+            dataset,
+            "--exp",
+            "e2e",
+            "--pred-dir",
+            s(pd),
+            "--gt-dir",
+            s(gt),
+            "--out",
+            s(&out),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let run_owned = |a: Vec<String>| eval(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>());
+    let pred = pred_dir.join("e2e/freihand-val.json");
+
+    assert_error(
+        run_owned(unc_args(&pred_dir, &gt_dir, "frei")),
+        "unknown dataset",
+    );
+    assert_error(
+        eval(&[
+            "pose",
+            "--dataset",
+            "ho4d",
+            "--pred",
+            s(&pred),
+            "--gt-dir",
+            s(&gt_dir),
+        ]),
+        "unknown dataset",
+    );
+    // ho3d: its files are not there.
+    assert_error(
+        run_owned(unc_args(&pred_dir, &gt_dir, "ho3d")),
+        "ho3d-val.json",
+    );
+    assert_error(eval(&["uncertainty", "--dataset", "freihand"]), "--exp");
+    assert_error(
+        eval(&["pose", "--dataset", "freihand", "--pred", s(&pred)]),
+        "--gt-dir",
+    );
+    assert_error(
+        eval(&[
+            "pose",
+            "--dataset",
+            "freihand",
+            "--pred",
+            s(&pred),
+            "--gt-dir",
+            s(&gt_dir),
+            "--bogus",
+        ]),
+        "--bogus",
+    );
+    assert_error(eval(&["posture"]), "unknown subcommand");
+
+    // Missing GT vertices (pose only needs them).
+    let gt2 = root.join("gt_no_verts");
+    std::fs::create_dir_all(&gt2).unwrap();
+    std::fs::copy(
+        gt_dir.join("evaluation_xyz.json"),
+        gt2.join("evaluation_xyz.json"),
+    )
+    .unwrap();
+    assert_error(
+        eval(&[
+            "pose",
+            "--dataset",
+            "freihand",
+            "--pred",
+            s(&pred),
+            "--gt-dir",
+            s(&gt2),
+        ]),
+        "evaluation_verts.json",
+    );
+    // ... but uncertainty does not.
+    let run = run_owned(unc_args(&pred_dir, &gt2, "freihand"));
+    assert_eq!(run.0, 0, "{}", run.2);
+
+    // N mismatch: an uncertainty file with 39 samples.
+    let bad = root.join("bad_n/e2e");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::copy(&pred, bad.join("freihand-val.json")).unwrap();
+    write_uncertainty(
+        &bad.join("freihand-val_uncertainty.json"),
+        39,
+        &set.unc[..39 * 21],
+    )
+    .unwrap();
+    assert_error(
+        run_owned(unc_args(&root.join("bad_n"), &gt_dir, "freihand")),
+        "39 samples",
+    );
+    // Covariance with a different N.
+    write_uncertainty(&bad.join("freihand-val_uncertainty.json"), 40, &set.unc).unwrap();
+    write_covariance(
+        &bad.join("freihand-val_covariance.safetensors"),
+        2,
+        &set.cov[..2 * 3969],
+        "ours",
+    )
+    .unwrap();
+    assert_error(
+        run_owned(unc_args(&root.join("bad_n"), &gt_dir, "freihand")),
+        "2 samples",
+    );
+
+    // NaN in the predictions (as Python's json writes it).
+    let nan_dir = root.join("nan/e2e");
+    std::fs::create_dir_all(&nan_dir).unwrap();
+    let mut xyz = set.pred_xyz.clone();
+    xyz[3 * 21 * 5 + 3 * 2 + 1] = f32::NAN; // sample 5, joint 2, coordinate 1
+    write_predictions(
+        &nan_dir.join("freihand-val.json"),
+        40,
+        &xyz,
+        &set.pred_verts,
+    )
+    .unwrap();
+    std::fs::copy(
+        pred_dir.join("e2e/freihand-val_uncertainty.json"),
+        nan_dir.join("freihand-val_uncertainty.json"),
+    )
+    .unwrap();
+    assert_error(
+        run_owned(unc_args(&root.join("nan"), &gt_dir, "freihand")),
+        "NaN at xyz_list, sample 5, joint 2, coordinate 1",
+    );
+    assert_error(
+        eval(&[
+            "pose",
+            "--dataset",
+            "freihand",
+            "--pred",
+            s(&nan_dir.join("freihand-val.json")),
+            "--gt-dir",
+            s(&gt_dir),
+        ]),
+        "NaN",
+    );
+
+    // Wrong shape: 20 joints in the GT.
+    let gt3 = root.join("gt_20");
+    std::fs::create_dir_all(&gt3).unwrap();
+    let xyz20: Vec<f64> = (0..40)
+        .flat_map(|i| set.gt_xyz[i * 63..i * 63 + 60].to_vec())
+        .collect();
+    write_gt_points(
+        &gt3.join("evaluation_xyz.json"),
+        &PointSets::new(40, 20, xyz20).unwrap(),
+    )
+    .unwrap();
+    assert_error(
+        run_owned(unc_args(&pred_dir, &gt3, "freihand")),
+        "sample 0 has 20 joints, expected 21",
+    );
+
+    // Malformed JSON.
+    std::fs::write(gt3.join("evaluation_xyz.json"), "[[[0.1, 0.2, 0.3]").unwrap();
+    assert_error(
+        run_owned(unc_args(&pred_dir, &gt3, "freihand")),
+        "malformed JSON",
+    );
+    // A covariance file that is not safetensors.
+    let cov_dir = root.join("badcov/e2e");
+    std::fs::create_dir_all(&cov_dir).unwrap();
+    for f in ["freihand-val.json", "freihand-val_uncertainty.json"] {
+        std::fs::copy(pred_dir.join("e2e").join(f), cov_dir.join(f)).unwrap();
+    }
+    std::fs::write(
+        cov_dir.join("freihand-val_covariance.safetensors"),
+        b"not a safetensors file",
+    )
+    .unwrap();
+    assert_error(
+        run_owned(unc_args(&root.join("badcov"), &gt_dir, "freihand")),
+        "freihand-val_covariance.safetensors",
+    );
+}
+
+#[test]
+fn help_texts() {
+    for sub in ["pose", "uncertainty"] {
+        let run = eval(&[sub, "--help"]);
+        assert_eq!(run.0, 0);
+        assert!(run.1.contains("USAGE"), "{}", run.1);
+    }
+    assert!(eval(&["uncertainty", "--help"])
+        .1
+        .contains("uncertainty_eval/save"));
+}
