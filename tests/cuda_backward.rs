@@ -2,8 +2,8 @@
 //! gradient GEMMs against their CPU twins, on random inputs at several sizes (including sizes
 //! that are not multiples of the block sizes), every output poisoned with NaN first. This file:
 //! LayerNorm, bias, positional embedding, GELU, drop-path, rot6d, camera, the linear layer's
-//! gradient GEMMs, argument checks. tests/cuda_backward/{attention,nll}.rs: attention and the
-//! exact-NLL Cholesky.
+//! gradient GEMMs, argument checks. tests/cuda_backward/{attention,nll,mano}.rs: attention, the
+//! exact-NLL Cholesky and the MANO backward.
 //!
 //! All tests need a GPU: `cargo test --release --test cuda_backward -- --ignored`.
 //! Error measure: `max|a − b| / max|b|` (`handcov::tensor::rel_err`) unless a test says otherwise.
@@ -12,6 +12,8 @@
 mod attention;
 #[path = "cuda_backward/helpers.rs"]
 mod helpers;
+#[path = "cuda_backward/mano.rs"]
+mod mano;
 #[path = "cuda_backward/nll.rs"]
 mod nll;
 

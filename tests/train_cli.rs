@@ -217,7 +217,27 @@ fn bad_input_is_one_clean_error() {
             "--device",
             "cuda",
         ]),
-        "--device cuda",
+        // No usable GPU here (no driver, or a build without kernels): one clean CUDA error.
+        "cuda:",
+    );
+    assert_clean(
+        train(&[
+            "--config",
+            s(&cfg),
+            "--init",
+            s(&w),
+            "--batch-file",
+            s(&batch),
+            "--steps",
+            "1",
+            "--out",
+            s(&dir),
+            "--device",
+            "cpu",
+            "--precision",
+            "bf16",
+        ]),
+        "needs the CUDA device",
     );
     assert_clean(
         train(&[

@@ -2,6 +2,7 @@
 
 use handcov::cuda::bench::{Bench, BenchRow};
 use handcov::cuda::CudaBackend;
+use handcov::engine::Precision;
 use handcov::error::{Error, Result};
 use handcov::model::config::{ModelConfig, Uncertainty};
 use handcov::model::mano::Mano;
@@ -16,12 +17,16 @@ bench: time handcov's CUDA kernels and whole forward on GPU 0
 USAGE:
   bench [--json OUT.jsonl] [--batch 1,16,64] [--precision fp32,bf16] [--runs N] [--warmup N]
         [--mano FILE] [--mano-batch N] [--skip-kernels] [--skip-forward]
+        [--train-batch 64] [--nll-batch 4096] [--skip-train]
 
 Every figure is a median over --runs (default 50) CUDA-event timings after --warmup (default 10)
 runs, each run starting with a cold L2 (256 MiB overwritten in between). Kernels are measured at
 the hamer shapes of each batch; the forward is the hamer preset with the `ours` head and random
 weights (MANO from --mano, default tests/fixtures/tiny_weights.safetensors, 778 vertices), run as
-a CUDA graph. Ceilings measured first on the same device: device-to-device copy bandwidth and
+a CUDA graph. Training (unless --skip-train): the whole fine-tune step of the same model
+(forward, losses, backward, AdamW, the discriminator's step) at each --train-batch and
+precision, and the exact-NLL Cholesky kernels (forward + backward) at --nll-batch. Ceilings
+measured first on the same device: device-to-device copy bandwidth and
 cuBLASLt GEMM throughput (fp32 without TF32, bf16) at 8192³.
 ";
 
@@ -89,12 +94,28 @@ fn run() -> Result<()> {
         .unwrap_or(1024);
     let skip_kernels = p.contains("--skip-kernels");
     let skip_forward = p.contains("--skip-forward");
+    let skip_train = p.contains("--skip-train");
+    let train_batches: Vec<usize> = list(
+        &p.opt_value_from_str::<_, String>("--train-batch")
+            .map_err(arg)?
+            .unwrap_or_else(|| "64".into()),
+        "--train-batch",
+    )?;
+    let nll_batch: usize = p
+        .opt_value_from_str("--nll-batch")
+        .map_err(arg)?
+        .unwrap_or(4096);
     if let Some(a) = p.finish().first() {
         return Err(Error::Input(format!(
             "unexpected argument {a:?} (see --help)"
         )));
     }
-    if batches.is_empty() || batches.contains(&0) || runs == 0 {
+    if batches.is_empty()
+        || batches.contains(&0)
+        || train_batches.contains(&0)
+        || nll_batch == 0
+        || runs == 0
+    {
         return Err(Error::Input(
             "--batch values and --runs must be at least 1".into(),
         ));
@@ -145,6 +166,22 @@ fn run() -> Result<()> {
                 } else {
                     bench.forward::<half::bf16>(&model, b, GFLOP_PER_IMAGE)?
                 };
+                emit(r, &mut rows);
+            }
+        }
+    }
+    if !skip_train {
+        emit(
+            handcov::train::bench::nll_exact(&mut bench, nll_batch)?,
+            &mut rows,
+        );
+        for &b in &train_batches {
+            for pr in &precisions {
+                let mut cfg = ModelConfig::hamer();
+                cfg.uncertainty = Uncertainty::Ours;
+                let model = HandModel::random(cfg, &mano_file, 1)?;
+                let r =
+                    handcov::train::bench::train_step(&mut bench, model, Precision::parse(pr)?, b)?;
                 emit(r, &mut rows);
             }
         }

@@ -1,5 +1,6 @@
 //! `train`: fine-tune the model with hand-written backward passes (see `train --help`).
 
+use handcov::engine::{DeviceChoice, Precision};
 use handcov::error::{Error, Result};
 use handcov::model::config::{ModelConfig, Uncertainty};
 use handcov::model::weights::{save_f32, TensorFile};
@@ -8,7 +9,8 @@ use handcov::tensor::Tensor;
 use handcov::train::adamw::AdamWConfig;
 use handcov::train::data::{LoaderOptions, TrainSet};
 use handcov::train::discriminator::Discriminator;
-use handcov::train::step::{train_step, Batch, StepOptions};
+use handcov::train::gpu::GpuEngine;
+use handcov::train::step::{train_step, Batch, StepOptions, StepOutput};
 use handcov::train::trainer::{
     BatchSource, DatasetSource, MocapStream, RepeatBatch, StepReport, Trainer,
 };
@@ -16,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const HELP: &str = "\
-train: fine-tune HaMeR + an uncertainty head with hand-written backward passes (CPU)
+train: fine-tune HaMeR + an uncertainty head with hand-written backward passes (CPU or GPU)
 
 USAGE (one-step gradient dump, for comparison with PyTorch):
   train --config CFG --weights W.safetensors [--mano M.safetensors] --batch-file B.safetensors
@@ -37,7 +39,10 @@ USAGE (training):
 OPTIONS:
   --config NAME_OR_FILE   preset (hamer, tiny) or config JSON; --uncertainty overrides its type
   --uncertainty TYPE      none|diag|full|ours|ours_wo_linear (with a preset: read from weights)
-  --device cpu            training runs on the CPU (the CUDA path is not written yet)
+  --device cpu|cuda|auto  default auto: the GPU when one is usable, else the CPU
+  --precision fp32|bf16   GPU numerics (default fp32, TF32 off; bf16: bf16 weights and
+                          activations, fp32 master weights, gradients, moments, statistics,
+                          MANO and losses)
   --discriminator FILE    the discriminator's weights (`discriminator.*`); with a MoCap stream
                           in the batch (`mocap.hand_pose`, `mocap.betas`) the adversarial terms
                           are on; without one they are off (one notice)
@@ -68,6 +73,7 @@ struct Args {
     discriminator: Option<PathBuf>,
     ours_nll: String,
     device: String,
+    precision: String,
     steps: u64,
     out: Option<PathBuf>,
     resume: Option<PathBuf>,
@@ -102,7 +108,8 @@ fn parse() -> Result<Option<Args>> {
         dump_grads: opt(&mut p, "--dump-grads")?,
         discriminator: opt(&mut p, "--discriminator")?,
         ours_nll: opt(&mut p, "--ours-nll")?.unwrap_or_else(|| "reference".into()),
-        device: opt(&mut p, "--device")?.unwrap_or_else(|| "cpu".into()),
+        device: opt(&mut p, "--device")?.unwrap_or_else(|| "auto".into()),
+        precision: opt(&mut p, "--precision")?.unwrap_or_else(|| "fp32".into()),
         steps: opt(&mut p, "--steps")?.unwrap_or(0),
         out: opt(&mut p, "--out")?,
         resume: opt(&mut p, "--resume")?,
@@ -128,9 +135,8 @@ fn parse() -> Result<Option<Args>> {
             "unexpected argument {x:?} (see --help)"
         )));
     }
-    if a.device != "cpu" {
-        return Err(Error::Input(format!("--device {}: training runs on the CPU for now (the CUDA training path is not written yet)", a.device)));
-    }
+    DeviceChoice::parse(&a.device)?;
+    Precision::parse(&a.precision)?;
     if a.ours_nll != "reference" && a.ours_nll != "exact" {
         return Err(Error::Input(format!(
             "--ours-nll {}: expected reference or exact",
@@ -145,6 +151,22 @@ fn parse() -> Result<Option<Args>> {
         ));
     }
     Ok(Some(a))
+}
+
+/// The GPU precision to train in, or `None` for the CPU (`--device auto` without a usable GPU).
+fn gpu_precision(a: &Args) -> Result<Option<Precision>> {
+    let precision = Precision::parse(&a.precision)?;
+    let gpu = match DeviceChoice::parse(&a.device)? {
+        DeviceChoice::Cpu => false,
+        DeviceChoice::Cuda => true,
+        DeviceChoice::Auto => handcov::cuda::CudaBackend::new(0).is_ok(),
+    };
+    if !gpu && precision == Precision::Bf16 {
+        return Err(Error::Input(
+            "--precision bf16 needs the CUDA device (the CPU path is fp32)".into(),
+        ));
+    }
+    Ok(gpu.then_some(precision))
 }
 
 fn load_model(a: &Args, weights: &Path) -> Result<HandModel> {
@@ -198,7 +220,22 @@ fn dump_grads(a: &Args, weights: &Path, out: &Path) -> Result<()> {
         seed: a.seed,
         ..Default::default()
     };
-    let s = train_step(&model, disc.as_ref(), &batch, &opts)?;
+    let s = match gpu_precision(a)? {
+        None => train_step(&model, disc.as_ref(), &batch, &opts)?,
+        Some(p) => {
+            let mut model = model;
+            let mut gpu = GpuEngine::new(&mut model, p, Default::default())?;
+            eprintln!("one step on {}", gpu.describe());
+            let o = gpu.step(&model, disc.as_ref(), &batch, &opts)?;
+            StepOutput {
+                terms: o.terms,
+                total: o.total,
+                grads: gpu.grads()?,
+                disc: o.disc,
+                d_tokens: Vec::new(),
+            }
+        }
+    };
     let t = &s.terms;
     let mut owned: Vec<(String, Tensor)> = vec![
         ("loss".into(), scalar(s.total)?),
@@ -355,6 +392,18 @@ fn train(a: &Args) -> Result<()> {
         ..Default::default()
     };
     let mut trainer = Trainer::new(model, adamw, disc, opts, a.seed);
+    match gpu_precision(a)? {
+        Some(p) => {
+            trainer.use_gpu(p)?;
+            if let Some(g) = trainer.gpu.as_mut() {
+                // Allocate the activations now: a batch that does not fit fails here, naming
+                // its size, before any step or checkpoint.
+                g.reserve(a.batch_size)?;
+                eprintln!("training on {}", g.describe());
+            }
+        }
+        None => eprintln!("training on the CPU"),
+    }
     if let Some(ckpt) = &a.resume {
         trainer.resume(ckpt)?;
         source.seek(trainer.state.cursor)?;
@@ -419,12 +468,7 @@ fn train(a: &Args) -> Result<()> {
                 step: trainer.state.step,
                 ..trainer.step_options
             };
-            let v = train_step(
-                &trainer.model,
-                trainer.disc.as_ref().map(|(d, _)| d),
-                vb,
-                &opts,
-            )?;
+            let v = trainer.validate(vb, &opts)?;
             let line = serde_json::json!({
                 "step": trainer.state.step,
                 "val_loss": v.total,

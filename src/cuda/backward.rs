@@ -20,8 +20,11 @@ mod elementwise;
 #[cfg(test)]
 mod emu;
 mod gemm;
+mod mano;
 #[cfg(test)]
 mod mirror_attention;
+#[cfg(test)]
+mod mirror_mano;
 #[cfg(test)]
 mod mirror_nll;
 mod nll;

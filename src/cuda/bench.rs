@@ -331,6 +331,30 @@ impl<'a> Bench<'a> {
                 )
             })?;
             out.push(self.row("kernel", "mano_fwd", "fp32", mano_batch, &t));
+            // The backward: keypoint gradients only (training), then with a vertex gradient.
+            let d_kp = be.upload::<f32>(&noise(mano_batch * 63, 20))?;
+            let d_verts = be.upload::<f32>(&noise(mano_batch * nv * 3, 21))?;
+            let mut d_rot = be.upload::<f32>(&vec![0.0; mano_batch * 16 * 9])?;
+            let mut d_betas = be.upload::<f32>(&vec![0.0; mano_batch * 10])?;
+            let mut scratch = be.zeros(CudaBackend::mano_bwd_scratch_len(mano_batch, nv))?;
+            let dvv = d_verts.as_view();
+            for (name, dv) in [("mano_bwd_kp", None), ("mano_bwd_verts", Some(&dvv))] {
+                let t = self.timer.time(be, w, r_, || {
+                    be.mano_bwd(
+                        &dev,
+                        &mut mws,
+                        &rot.as_view(),
+                        &betas.as_view(),
+                        dv,
+                        &d_kp.as_view(),
+                        &mut d_rot.as_view_mut(),
+                        &mut d_betas.as_view_mut(),
+                        &mut scratch.as_view_mut(),
+                        mano_batch,
+                    )
+                })?;
+                out.push(self.row("kernel", name, "fp32", mano_batch, &t));
+            }
             for (param, name) in [
                 (CovParam::LowRank, "covariance_lowrank_fwd"),
                 (CovParam::Full, "covariance_full_fwd"),

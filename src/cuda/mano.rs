@@ -39,25 +39,25 @@ const IDX_LEN: usize = 42;
 
 /// A MANO model on the device, in the layout the kernels read. Built by
 /// [`CudaBackend::upload_mano`], which checks every size and index once, so the launchers can
-/// trust it (the fields are private for that reason).
+/// trust it (the fields are private to `crate::cuda` for that reason).
 pub struct ManoDevice {
-    num_verts: usize,
-    num_betas: usize,
+    pub(in crate::cuda) num_verts: usize,
+    pub(in crate::cuda) num_betas: usize,
     /// `[V, 3]`
-    v_template: CudaSlice<f32>,
+    pub(in crate::cuda) v_template: CudaSlice<f32>,
     /// `[nb, 3V]`: `shapedirs [V, 3, nb]` transposed, so a basis row is contiguous over columns.
-    shapedirs_t: CudaSlice<f32>,
+    pub(in crate::cuda) shapedirs_t: CudaSlice<f32>,
     /// `[135, 3V]`, as in the checkpoint.
-    posedirs: CudaSlice<f32>,
+    pub(in crate::cuda) posedirs: CudaSlice<f32>,
     /// `[V, 16]`, as in the checkpoint (a device allocation: 16-byte aligned rows of 64 bytes).
-    lbs_weights: CudaSlice<f32>,
+    pub(in crate::cuda) lbs_weights: CudaSlice<f32>,
     /// `J_regressor · v_template`, `[16, 3]` (computed in f64 on upload).
-    j_template: CudaSlice<f32>,
+    pub(in crate::cuda) j_template: CudaSlice<f32>,
     /// `J_regressor · shapedirs`, `[16, 3, nb]`: the rest joints are `j_template + j_shapedirs·β`.
-    j_shapedirs: CudaSlice<f32>,
+    pub(in crate::cuda) j_shapedirs: CudaSlice<f32>,
     /// i32 `[42]`: parents `[16]`, fingertip vertices `[5]`, the keypoint slot of each fingertip
     /// `[5]` and of each joint `[16]` (positions in the OpenPose order of `JOINT_MAP`).
-    indices: CudaSlice<i32>,
+    pub(in crate::cuda) indices: CudaSlice<i32>,
 }
 
 impl ManoDevice {
@@ -72,8 +72,8 @@ impl ManoDevice {
 /// Scratch for [`CudaBackend::mano_fwd`] for batches of up to `capacity` samples: the chain's
 /// `D_j = A_j − [I | 0]`, `[b, 16, 3, 4]` (which a backward pass can reuse).
 pub struct ManoWorkspace {
-    capacity: usize,
-    chain_d: CudaSlice<f32>,
+    pub(in crate::cuda) capacity: usize,
+    pub(in crate::cuda) chain_d: CudaSlice<f32>,
 }
 
 impl ManoWorkspace {
@@ -89,11 +89,11 @@ impl ManoWorkspace {
 
 /// The host-side arrays `upload_mano` copies (besides `posedirs` and `lbs_weights`, which go up
 /// as they are), built and checked on the CPU.
-struct ManoPacked {
-    shapedirs_t: Vec<f32>,
-    j_template: Vec<f32>,
-    j_shapedirs: Vec<f32>,
-    indices: Vec<i32>,
+pub(in crate::cuda) struct ManoPacked {
+    pub(in crate::cuda) shapedirs_t: Vec<f32>,
+    pub(in crate::cuda) j_template: Vec<f32>,
+    pub(in crate::cuda) j_shapedirs: Vec<f32>,
+    pub(in crate::cuda) indices: Vec<i32>,
 }
 
 /// Position of `src` in `JOINT_MAP` (the keypoint slot that receives source point `src`).
@@ -106,7 +106,7 @@ fn keypoint_slot(src: usize) -> Result<i32> {
 }
 
 /// Checks `m` and builds the transposed and folded buffers (see kernels/mano.cu, header).
-fn pack(m: &ManoData) -> Result<ManoPacked> {
+pub(in crate::cuda) fn pack(m: &ManoData) -> Result<ManoPacked> {
     let (nv, nb) = (m.num_verts, m.num_betas);
     if nv == 0 || nv > MANO_MAX_VERTS {
         return crate::input_err!("MANO: {nv} vertices; the kernels take 1 to {MANO_MAX_VERTS}");
@@ -375,4 +375,4 @@ impl CudaBackend {
 }
 
 #[cfg(test)]
-mod tests;
+pub(in crate::cuda) mod tests;

@@ -6,6 +6,7 @@
 //! `$OUT_DIR/kernels.rs` (`PTX_MODULES`, `KERNELS_BUILT`). A build without nvcc has an empty
 //! table; [`CudaBackend::new`] then fails with a clear error, and everything runs on the CPU twins.
 
+pub mod adamw;
 mod attention;
 mod backward;
 pub mod bench;
@@ -16,6 +17,7 @@ mod gemm;
 mod layernorm;
 mod mano;
 mod timing;
+pub mod train;
 
 pub use backward::*;
 pub use forward::{GpuModel, GpuOutputs};

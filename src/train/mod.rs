@@ -11,10 +11,12 @@
 //! finite-difference tests, which therefore check exactly the code that trains).
 
 pub mod adamw;
+pub mod bench;
 pub mod checkpoint;
 pub mod cholesky;
 pub mod data;
 pub mod discriminator;
+pub mod gpu;
 pub mod losses;
 pub mod nll;
 pub mod rng;

@@ -5,8 +5,10 @@
 use super::adamw::{AdamW, AdamWConfig};
 use super::checkpoint::{self, TrainState};
 use super::discriminator::Discriminator;
+use super::gpu::GpuEngine;
 use super::losses::LossTerms;
 use super::step::{train_step, Batch, StepOptions};
+use crate::engine::Precision;
 use crate::error::Result;
 use crate::model::backward::Grads;
 use crate::model::HandModel;
@@ -59,6 +61,20 @@ pub struct StepReport {
     pub batch: usize,
 }
 
+/// What either engine's step hands back to [`Trainer::step`].
+struct StepParts {
+    total: f64,
+    terms: LossTerms,
+    disc: Option<(f64, Discriminator<f32>)>,
+    skipped: bool,
+}
+
+/// The losses of a validation batch.
+pub struct Validation {
+    pub total: f64,
+    pub terms: LossTerms,
+}
+
 pub struct Trainer {
     pub model: HandModel,
     pub opt: AdamW,
@@ -66,10 +82,23 @@ pub struct Trainer {
     pub disc: Option<(Discriminator<f32>, AdamW)>,
     pub state: TrainState,
     pub step_options: StepOptions,
+    /// The GPU engine when training runs there: it holds the live weights and moments, and
+    /// `model` / `opt` are refreshed from it when a checkpoint is written.
+    pub gpu: Option<GpuEngine>,
 }
 
 fn finite(g: &Grads) -> bool {
     g.map.values().all(|v| v.iter().all(|x| x.is_finite()))
+}
+
+/// The discriminator's loss and gradients are finite (or there are none).
+fn disc_finite(d: &Option<(f64, Discriminator<f32>)>) -> bool {
+    d.as_ref().is_none_or(|(l, g)| {
+        l.is_finite()
+            && g.tensors()
+                .iter()
+                .all(|(_, _, v)| v.iter().all(|x| x.is_finite()))
+    })
 }
 
 impl Trainer {
@@ -89,7 +118,55 @@ impl Trainer {
                 ..Default::default()
             },
             step_options,
+            gpu: None,
         }
+    }
+
+    /// Moves training to the GPU in `precision` (weights, gradients and moments live there).
+    pub fn use_gpu(&mut self, precision: Precision) -> Result<()> {
+        self.gpu = Some(GpuEngine::new(&mut self.model, precision, self.opt.config)?);
+        if self.opt.step > 0 {
+            self.sync_to_gpu()?;
+        }
+        Ok(())
+    }
+
+    fn sync_to_gpu(&mut self) -> Result<()> {
+        match self.gpu.as_mut() {
+            Some(g) => g.upload(&mut self.model, &self.opt),
+            None => Ok(()),
+        }
+    }
+
+    /// Brings the GPU's weights and moments to `model` / `opt` (no-op on the CPU).
+    pub fn sync_from_gpu(&mut self) -> Result<()> {
+        match self.gpu.as_ref() {
+            Some(g) => g.download(&mut self.model, &mut self.opt),
+            None => Ok(()),
+        }
+    }
+
+    /// One GPU step: forward, losses, backward, the finiteness check on the device's global
+    /// gradient norm, AdamW on the device; the discriminator's own step stays on the host.
+    fn step_gpu(&mut self, batch: &Batch, opts: &StepOptions) -> Result<StepParts> {
+        let g = self
+            .gpu
+            .as_mut()
+            .ok_or_else(|| crate::error::Error::Cuda("no GPU engine".into()))?;
+        let out = g.step(&self.model, self.disc.as_ref().map(|(d, _)| d), batch, opts)?;
+        // A non-finite loss skips the step before the update; a non-finite gradient makes the
+        // device update a no-op (checked there, on the global norm).
+        let skipped = if out.total.is_finite() && disc_finite(&out.disc) {
+            g.update(&mut self.model)?
+        } else {
+            true
+        };
+        Ok(StepParts {
+            total: out.total,
+            terms: out.terms,
+            disc: out.disc,
+            skipped,
+        })
     }
 
     /// One training step on `batch`.
@@ -100,43 +177,52 @@ impl Trainer {
             step: self.state.step,
             ..self.step_options
         };
-        let out = train_step(
-            &self.model,
-            self.disc.as_ref().map(|(d, _)| d),
-            batch,
-            &opts,
-        )?;
-        let disc_ok = out.disc.as_ref().is_none_or(|(l, g)| {
-            l.is_finite()
-                && g.tensors()
-                    .iter()
-                    .all(|(_, _, v)| v.iter().all(|x| x.is_finite()))
-        });
-        let skipped = !(out.total.is_finite() && finite(&out.grads) && disc_ok);
+        let StepParts {
+            total,
+            terms,
+            disc: disc_out,
+            skipped,
+        } = if self.gpu.is_some() {
+            self.step_gpu(batch, &opts)?
+        } else {
+            let out = train_step(
+                &self.model,
+                self.disc.as_ref().map(|(d, _)| d),
+                batch,
+                &opts,
+            )?;
+            let skipped = !(out.total.is_finite() && finite(&out.grads) && disc_finite(&out.disc));
+            if !skipped {
+                self.opt.update(
+                    self.model
+                        .params_mut()
+                        .into_iter()
+                        .map(|(n, t)| (n, t.data_mut())),
+                    &out.grads,
+                );
+            }
+            StepParts {
+                total: out.total,
+                terms: out.terms,
+                disc: out.disc,
+                skipped,
+            }
+        };
         if skipped {
             self.state.skipped_steps += 1;
-        } else {
-            self.opt.update(
-                self.model
-                    .params_mut()
-                    .into_iter()
-                    .map(|(n, t)| (n, t.data_mut())),
-                &out.grads,
-            );
-            if let (Some((d, dopt)), Some((_, dg))) = (self.disc.as_mut(), out.disc.as_ref()) {
-                let mut g = Grads::default();
-                for (n, _, v) in dg.tensors() {
-                    g.put(&n, v.to_vec());
-                }
-                let names: Vec<String> = d.tensors().into_iter().map(|(n, _, _)| n).collect();
-                dopt.update(names.into_iter().zip(d.tensors_mut()), &g);
+        } else if let (Some((d, dopt)), Some((_, dg))) = (self.disc.as_mut(), disc_out.as_ref()) {
+            let mut g = Grads::default();
+            for (n, _, v) in dg.tensors() {
+                g.put(&n, v.to_vec());
             }
+            let names: Vec<String> = d.tensors().into_iter().map(|(n, _, _)| n).collect();
+            dopt.update(names.into_iter().zip(d.tensors_mut()), &g);
         }
         let report = StepReport {
             step: self.state.step,
-            total: out.total,
-            terms: out.terms,
-            disc_loss: out.disc.as_ref().map(|(l, _)| *l),
+            total,
+            terms,
+            disc_loss: disc_out.as_ref().map(|(l, _)| *l),
             skipped,
             seconds: t0.elapsed().as_secs_f64(),
             batch: batch.b,
@@ -145,7 +231,27 @@ impl Trainer {
         Ok(report)
     }
 
+    /// The objective on a held-out batch without an update (drop-path off), on the engine
+    /// that trains.
+    pub fn validate(&mut self, batch: &Batch, opts: &StepOptions) -> Result<Validation> {
+        let disc = self.disc.as_ref().map(|(d, _)| d);
+        match self.gpu.as_mut() {
+            Some(g) => {
+                let (total, terms) = g.evaluate(&self.model, disc, batch, opts)?;
+                Ok(Validation { total, terms })
+            }
+            None => {
+                let v = train_step(&self.model, disc, batch, opts)?;
+                Ok(Validation {
+                    total: v.total,
+                    terms: v.terms,
+                })
+            }
+        }
+    }
+
     pub fn save(&mut self, path: &Path) -> Result<()> {
+        self.sync_from_gpu()?;
         let disc = self.disc.as_ref().map(|(d, o)| (d, o));
         checkpoint::save(path, &mut self.model, &self.opt, disc, &self.state)
     }
@@ -153,7 +259,7 @@ impl Trainer {
     pub fn resume(&mut self, path: &Path) -> Result<()> {
         let disc = self.disc.as_mut().map(|(d, o)| (d, o));
         self.state = checkpoint::load(path, &mut self.model, &mut self.opt, disc)?;
-        Ok(())
+        self.sync_to_gpu()
     }
 }
 

@@ -1,6 +1,7 @@
 //! CPU checks of the packing and of the kernels' index arithmetic: `emulate` mirrors the two
 //! kernels' loops (blocks, threads, shared-memory staging, the same expressions) on the host,
-//! with shared memory and outputs poisoned with NaN and every output write counted.
+//! with shared memory and outputs poisoned with NaN and every output write counted. The random
+//! model and inputs are shared with the backward's mirror (src/cuda/backward/mirror_mano.rs).
 // The emulation keeps the kernels' index loops so that it checks their index arithmetic.
 #![allow(clippy::needless_range_loop)]
 
@@ -8,9 +9,9 @@ use super::*;
 use crate::ops::mano::{mano_fwd_cpu, PARENTS, TIP_VERTICES};
 use crate::tensor::rel_err;
 
-struct Rng(u64);
+pub(in crate::cuda) struct Rng(pub(in crate::cuda) u64);
 impl Rng {
-    fn next(&mut self) -> f32 {
+    pub(in crate::cuda) fn next(&mut self) -> f32 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -18,12 +19,12 @@ impl Rng {
         z ^= z >> 31;
         ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+    pub(in crate::cuda) fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| scale * self.next()).collect()
     }
 }
 
-struct Model {
+pub(in crate::cuda) struct Model {
     nv: usize,
     nb: usize,
     v_template: Vec<f32>,
@@ -38,7 +39,7 @@ struct Model {
 impl Model {
     /// MANO-like magnitudes: template ±0.1 m, blend bases ±0.02, rows of J_regressor and
     /// lbs_weights non-negative and summing to 1.
-    fn random(rng: &mut Rng, nv: usize, nb: usize) -> Model {
+    pub(in crate::cuda) fn random(rng: &mut Rng, nv: usize, nb: usize) -> Model {
         let rows = |rng: &mut Rng, n: usize, m: usize| {
             let mut w: Vec<f32> = (0..n * m).map(|_| rng.next().max(0.0)).collect();
             for r in w.chunks_mut(m) {
@@ -64,7 +65,7 @@ impl Model {
             tips,
         }
     }
-    fn data(&self) -> ManoData<'_> {
+    pub(in crate::cuda) fn data(&self) -> ManoData<'_> {
         ManoData {
             num_verts: self.nv,
             num_betas: self.nb,
@@ -80,7 +81,7 @@ impl Model {
 }
 
 /// Rotation about a random axis by up to ±π (Rodrigues), row-major.
-fn random_rot(rng: &mut Rng) -> [f32; 9] {
+pub(in crate::cuda) fn random_rot(rng: &mut Rng) -> [f32; 9] {
     let a = [rng.next(), rng.next(), rng.next() + 0.1];
     let n = (a[0] * a[0] + a[1] * a[1] + a[2] * a[2]).sqrt();
     let (x, y, z) = (a[0] / n, a[1] / n, a[2] / n);
@@ -321,7 +322,7 @@ fn emulate(
     );
 }
 
-fn inputs(rng: &mut Rng, b: usize, nb: usize) -> (Vec<f32>, Vec<f32>) {
+pub(in crate::cuda) fn inputs(rng: &mut Rng, b: usize, nb: usize) -> (Vec<f32>, Vec<f32>) {
     let rot: Vec<f32> = (0..b * NUM_JOINTS).flat_map(|_| random_rot(rng)).collect();
     (rot, rng.vec(b * nb, 2.0))
 }
