@@ -292,6 +292,34 @@ pub fn hand_covariance(pred: &Prediction, i: usize, is_right: bool) -> Option<Ve
     Some(cov)
 }
 
+/// `pred_cam` `(s, tx, ty)` of hand `i` of a batch in its own handedness (`tx` negated for a
+/// left hand).
+fn hand_pred_cam(pred: &Prediction, i: usize, is_right: bool) -> [f32; 3] {
+    let sign = if is_right { 1.0f32 } else { -1.0 };
+    let cam = &pred.pred_cam.data()[i * 3..i * 3 + 3];
+    [cam[0], sign * cam[1], cam[2]]
+}
+
+/// The full-image camera of HaMeR's demo `cam_crop_to_full` (SPEC §4): `(cam_t_full,
+/// focal_full)` with `focal_full = focal / image_size · max(W, H)`, for the principal point at
+/// the image centre `(W/2, H/2)` (see [`crate::synth::camera::Camera::full_image`]).
+pub fn full_camera(
+    model: &HandModel,
+    cbox: &CropBox,
+    cam: [f32; 3],
+    img: &RgbImage,
+) -> ([f64; 3], f64) {
+    let (w, h) = (img.width as f64, img.height as f64);
+    let f_full = model.config.focal_length / model.config.image_size as f64 * w.max(h);
+    let bs = cbox.box_size * cam[0] as f64 + 1e-9;
+    let cam_t_full = [
+        2.0 * (cbox.center[0] - w / 2.0) / bs + cam[1] as f64,
+        2.0 * (cbox.center[1] - h / 2.0) / bs + cam[2] as f64,
+        2.0 * f_full / bs,
+    ];
+    (cam_t_full, f_full)
+}
+
 /// The result of hand `i` of a batch as JSON, in the original image's frame: left hands are
 /// un-mirrored (x of joints and vertices negated, `tx` negated; the covariance follows, Σ ↦ DΣD
 /// with D flipping every x), 2D keypoints in image pixels, the camera for the full image.
@@ -306,19 +334,10 @@ pub fn hand_json(
     let sign = if hand.cbox.is_right { 1.0f32 } else { -1.0 };
     let kp3 = hand_keypoints_3d(pred, i, hand.cbox.is_right);
     let verts = hand_vertices(pred, i, hand.cbox.is_right);
-    let cam = &pred.pred_cam.data()[i * 3..i * 3 + 3];
-    let cam = [cam[0], sign * cam[1], cam[2]];
+    let cam = hand_pred_cam(pred, i, hand.cbox.is_right);
     let cam_t = &pred.pred_cam_t.data()[i * 3..i * 3 + 3];
     let cam_t = [sign * cam_t[0], cam_t[1], cam_t[2]];
-    // Full-image camera (HaMeR demo `cam_crop_to_full`).
-    let (w, h) = (img.width as f64, img.height as f64);
-    let f_full = model.config.focal_length / size * w.max(h);
-    let bs = hand.cbox.box_size * cam[0] as f64 + 1e-9;
-    let cam_t_full = [
-        2.0 * (hand.cbox.center[0] - w / 2.0) / bs + cam[1] as f64,
-        2.0 * (hand.cbox.center[1] - h / 2.0) / bs + cam[2] as f64,
-        2.0 * f_full / bs,
-    ];
+    let (cam_t_full, f_full) = full_camera(model, &hand.cbox, cam, img);
     let kp2: Vec<[f64; 2]> = pred.pred_keypoints_2d.data()[i * 42..(i + 1) * 42]
         .chunks(2)
         .map(|k| {
@@ -369,6 +388,66 @@ pub fn obj_text(verts: &[f32], faces: &[[u32; 3]], is_right: bool) -> String {
         s.push_str(&format!("f {} {} {}\n", a + 1, b + 1, c + 1));
     }
     s
+}
+
+/// What `infer --render` draws of one hand: mesh, keypoints and per-joint 3×3 covariance blocks
+/// in the hand's own handedness (MANO frame), and the full-image camera.
+pub struct HandRender {
+    pub vertices: Vec<f32>,
+    pub keypoints_3d: Vec<f32>,
+    pub joint_cov: Option<Vec<[f64; 9]>>,
+    pub cam_t_full: [f64; 3],
+    pub focal_full: f64,
+    /// Side of the hand's crop box in image pixels (sets the line widths).
+    pub box_size: f64,
+}
+
+/// The [`HandRender`] of hand `i` of a batch.
+pub fn hand_render(
+    model: &HandModel,
+    pred: &Prediction,
+    i: usize,
+    hand: &HandCrop,
+    img: &RgbImage,
+) -> Result<HandRender> {
+    let is_right = hand.cbox.is_right;
+    let cam = hand_pred_cam(pred, i, is_right);
+    let (cam_t_full, focal_full) = full_camera(model, &hand.cbox, cam, img);
+    let joint_cov = hand_covariance(pred, i, is_right)
+        .map(|c| crate::synth::camera::joint_blocks(&c, 21))
+        .transpose()?;
+    Ok(HandRender {
+        vertices: hand_vertices(pred, i, is_right),
+        keypoints_3d: hand_keypoints_3d(pred, i, is_right),
+        joint_cov,
+        cam_t_full,
+        focal_full,
+        box_size: hand.cbox.box_size,
+    })
+}
+
+/// `infer --render`: the image with every hand's shaded mesh, skeleton and per-joint 2σ
+/// ellipses at full-image scale, through the full-image camera ([`full_camera`]).
+pub fn render_image(img: &RgbImage, hands: &[HandRender], faces: &[[u32; 3]]) -> Result<RgbImage> {
+    use crate::synth::camera::Camera;
+    use crate::synth::overlay::{overlay_hands, HandDraw, OverlayStyle};
+    use crate::synth::raster::{points_from_flat, MeshView};
+    let draws = hands
+        .iter()
+        .map(|h| {
+            Ok(HandDraw {
+                mesh: MeshView::from_flat(&h.vertices, faces)?,
+                cam: Camera::full_image(h.focal_full, img.width, img.height, h.cam_t_full),
+                keypoints_3d: points_from_flat(&h.keypoints_3d)?,
+                joint_cov: h.joint_cov.as_deref(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    overlay_hands(
+        img,
+        &draws,
+        &OverlayStyle::scaled_for(hands.iter().map(|h| h.box_size).fold(0.0, f64::max) as usize),
+    )
 }
 
 /// Loads an image for inference (a clear error for a missing file or a non-image).

@@ -10,6 +10,7 @@ pub mod eval;
 pub mod infer;
 pub mod model;
 pub mod ops;
+pub mod synth;
 pub mod tensor;
 pub mod train;
 

@@ -4,11 +4,12 @@
 use handcov::engine::{DeviceChoice, Engine, Precision};
 use handcov::error::{Error, Result};
 use handcov::infer::{
-    boxes_for, collect_images, hand_json, hand_vertices, load_image, make_crop, obj_text,
-    parse_boxes, stack, HandCrop, ModelSpec,
+    boxes_for, collect_images, hand_json, hand_render, hand_vertices, load_image, make_crop,
+    obj_text, parse_boxes, render_image, stack, HandCrop, HandRender, ModelSpec,
 };
 use handcov::model::weights::{save_f32, write_atomic, TensorFile};
 use handcov::model::HandModel;
+use handcov::synth::draw::save_png;
 use std::path::{Path, PathBuf};
 
 const HELP: &str = "\
@@ -20,8 +21,11 @@ USAGE (tensor mode):
       OUT gets every output tensor (see README).
 USAGE (image mode):
   infer --weights W.safetensors --images FILE_OR_DIR [--images ...] --out DIR [options]
-      [--boxes boxes.json] [--obj] [--batch N]
-      One JSON per image in DIR (and one OBJ mesh per hand with --obj).
+      [--boxes boxes.json] [--obj] [--render] [--batch N]
+      One JSON per image in DIR (and one OBJ mesh per hand with --obj). --render also writes
+      <name>_render.png: the image with each hand's shaded mesh, skeleton and per-joint 2σ
+      ellipses (the projected 3D covariance), through the full-image camera (cam_t_full,
+      focal_length_full, principal point at the image centre).
 
 OPTIONS:
   --config NAME_OR_FILE   preset `hamer` (default) or `tiny`, or a model config JSON
@@ -56,6 +60,7 @@ struct Args {
     boxes: Option<PathBuf>,
     out: Option<PathBuf>,
     obj: bool,
+    render: bool,
     allow_extra: bool,
     batch: usize,
     repeat: usize,
@@ -95,6 +100,7 @@ fn parse_args() -> Result<Option<Args>> {
         boxes: opt(&mut p, "--boxes")?,
         out: opt(&mut p, "--out")?,
         obj: p.contains("--obj"),
+        render: p.contains("--render"),
         allow_extra: p.contains("--allow-extra"),
         batch: opt(&mut p, "--batch")?.unwrap_or(8),
         repeat: opt(&mut p, "--repeat")?.unwrap_or(0),
@@ -184,6 +190,7 @@ fn run_image_mode(engine: &mut Engine, args: &Args, out_dir: &Path) -> Result<()
     }
     let mut results: Vec<Vec<serde_json::Value>> = vec![Vec::new(); images.len()];
     let mut objs: Vec<Vec<String>> = vec![Vec::new(); images.len()];
+    let mut renders: Vec<Vec<HandRender>> = (0..images.len()).map(|_| Vec::new()).collect();
     for chunk in hands.chunks(args.batch) {
         let refs: Vec<&HandCrop> = chunk.iter().collect();
         let pred = engine.forward(&stack(&refs, size)?)?;
@@ -197,6 +204,10 @@ fn run_image_mode(engine: &mut Engine, args: &Args, out_dir: &Path) -> Result<()
                     &model.mano.faces,
                     hand.cbox.is_right,
                 ));
+            }
+            if args.render {
+                let img = &loaded[hand.image_index];
+                renders[hand.image_index].push(hand_render(model, &pred, k, hand, img)?);
             }
             results[hand.image_index].push(v);
         }
@@ -218,6 +229,10 @@ fn run_image_mode(engine: &mut Engine, args: &Args, out_dir: &Path) -> Result<()
         write_atomic(&out_dir.join(format!("{stem}.json")), text.as_bytes())?;
         for (k, obj) in objs[i].iter().enumerate() {
             write_atomic(&out_dir.join(format!("{stem}_{k}.obj")), obj.as_bytes())?;
+        }
+        if args.render {
+            let picture = render_image(&loaded[i], &renders[i], &engine.model().mano.faces)?;
+            save_png(&out_dir.join(format!("{stem}_render.png")), &picture)?;
         }
     }
     eprintln!(

@@ -5,6 +5,7 @@ use handcov::error::{Error, Result};
 use handcov::model::config::{ModelConfig, Uncertainty};
 use handcov::model::weights::{save_f32, TensorFile};
 use handcov::model::{detect_uncertainty, HandModel};
+use handcov::synth::demo::DemoOptions;
 use handcov::tensor::Tensor;
 use handcov::train::adamw::AdamWConfig;
 use handcov::train::data::{LoaderOptions, TrainSet};
@@ -20,6 +21,14 @@ use std::path::{Path, PathBuf};
 const HELP: &str = "\
 train: fine-tune HaMeR + an uncertainty head with hand-written backward passes (CPU or GPU)
 
+USAGE (the demo: no arguments at all):
+  train [--demo] [--steps 2600] [--batch-size 32] [--out demo] [--device auto|cpu|cuda]
+        [--synth-train 12000] [--synth-test 600] [--cache DIR] [--lr 1e-3] [--pictures 8]
+      Generates (once, cached under $HANDCOV_CACHE or ~/.cache/handcov) a synthetic set of
+      procedural hands rendered by handcov's rasteriser, trains the `tiny` preset with the
+      `ours` head from scratch, evaluates it on the held-out split (PA-MPJPE, PA-MPVPE,
+      Pearson, AUSC, AUSE next to the mean-pose and constant-uncertainty baselines) and writes
+      weights, results, overlays, a sparsification plot and OBJ meshes under --out.
 USAGE (one-step gradient dump, for comparison with PyTorch):
   train --config CFG --weights W.safetensors [--mano M.safetensors] --batch-file B.safetensors
         --dump-grads OUT.safetensors [--discriminator D.safetensors] [--ours-nll exact]
@@ -315,6 +324,8 @@ fn train(a: &Args) -> Result<()> {
     }
     let model = load_model_with(a, init, true)?;
     let size = model.config.image_size;
+    // The batch size every step has: --batch-size, or the batch file's own.
+    let mut step_batch = a.batch_size;
     let mut source: Box<dyn BatchSource> = match (&a.data, &a.batch_file) {
         (Some(dir), None) => {
             let set = std::sync::Arc::new(TrainSet::open(dir)?);
@@ -333,7 +344,11 @@ fn train(a: &Args) -> Result<()> {
             };
             Box::new(DatasetSource::new(set, opts)?)
         }
-        (None, Some(bf)) => Box::new(RepeatBatch::new(Batch::load(&TensorFile::open(bf)?, size)?)),
+        (None, Some(bf)) => {
+            let batch = Batch::load(&TensorFile::open(bf)?, size)?;
+            step_batch = batch.b;
+            Box::new(RepeatBatch::new(batch))
+        }
         _ => {
             return Err(Error::Input(
                 "training needs exactly one of --data DIR and --batch-file FILE".into(),
@@ -398,7 +413,7 @@ fn train(a: &Args) -> Result<()> {
             if let Some(g) = trainer.gpu.as_mut() {
                 // Allocate the activations now: a batch that does not fit fails here, naming
                 // its size, before any step or checkpoint.
-                g.reserve(a.batch_size)?;
+                g.reserve(step_batch)?;
                 eprintln!("training on {}", g.describe());
             }
         }
@@ -496,7 +511,46 @@ fn train(a: &Args) -> Result<()> {
     Ok(())
 }
 
+/// `train` with no arguments, or `train --demo [options]`: the synthetic-hand demo.
+fn demo() -> Result<()> {
+    let mut p = pico_args::Arguments::from_env();
+    let _ = p.contains("--demo");
+    let d = DemoOptions::default();
+    let mut o = DemoOptions {
+        steps: opt(&mut p, "--steps")?.unwrap_or(d.steps),
+        batch_size: opt(&mut p, "--batch-size")?.unwrap_or(d.batch_size),
+        out: opt(&mut p, "--out")?.unwrap_or(d.out.clone()),
+        cache: opt(&mut p, "--cache")?,
+        threads: opt(&mut p, "--threads")?.unwrap_or(d.threads),
+        seed: opt(&mut p, "--seed")?.unwrap_or(d.seed),
+        lr: opt(&mut p, "--lr")?.unwrap_or(d.lr),
+        pictures: opt(&mut p, "--pictures")?.unwrap_or(d.pictures),
+        device: DeviceChoice::parse(
+            &opt::<String>(&mut p, "--device")?.unwrap_or_else(|| "auto".into()),
+        )?,
+        ..d.clone()
+    };
+    o.synth.n_train = opt(&mut p, "--synth-train")?.unwrap_or(d.synth.n_train);
+    o.synth.n_test = opt(&mut p, "--synth-test")?.unwrap_or(d.synth.n_test);
+    if let Some(x) = p.finish().first() {
+        return Err(Error::Input(format!(
+            "unexpected argument {x:?} for the demo (see --help)"
+        )));
+    }
+    if o.steps == 0 || o.batch_size == 0 || o.synth.n_train < o.batch_size || o.synth.n_test == 0 {
+        return Err(Error::Input(
+            "the demo needs --steps ≥ 1, --batch-size ≥ 1, --synth-train ≥ the batch size and --synth-test ≥ 1"
+                .into(),
+        ));
+    }
+    handcov::synth::demo::run(&o).map(|_| ())
+}
+
 fn run() -> Result<()> {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if args.is_empty() || args.iter().any(|a| a == "--demo") {
+        return demo();
+    }
     let Some(a) = parse()? else { return Ok(()) };
     match (&a.dump_grads, &a.weights) {
         (Some(out), Some(w)) => dump_grads(&a, w, out),

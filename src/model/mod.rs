@@ -195,7 +195,11 @@ impl HandModel {
     }
 
     /// The modules, from any tensor source.
-    fn build(config: ModelConfig, src: &dyn layers::TensorSource, mano: Mano) -> Result<HandModel> {
+    pub fn build(
+        config: ModelConfig,
+        src: &dyn layers::TensorSource,
+        mano: Mano,
+    ) -> Result<HandModel> {
         let root = Loader::new(src, "");
         let backbone = Vit::load(&config, &root.sub("backbone"))?;
         let mano_head = ManoHead::load(&config, &root.sub("mano_head"))?;

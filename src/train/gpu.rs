@@ -75,6 +75,11 @@ impl GpuEngine {
         each!(self, t => t.forward_backward(model, disc, batch, opt))
     }
 
+    /// Sets the learning rate of the next updates.
+    pub fn set_lr(&mut self, lr: f32) {
+        each!(self, t => t.config.lr = lr)
+    }
+
     /// Allocates the activations of batch size `b` now, so that a batch that does not fit fails
     /// before training starts, with a message naming the batch size.
     pub fn reserve(&mut self, b: usize) -> Result<()> {
@@ -219,17 +224,18 @@ impl<T: Dtype> GpuTrainer<T> {
             weight_decay: c.weight_decay,
             clip_norm: c.clip_norm,
         };
-        let gm = &mut self.model;
-        let be = gm.backend().share();
+        // The model's own backend (not a `share()`d handle, whose empty module cache would load
+        // and JIT the AdamW PTX again at every step).
+        let (be, params, grads) = self.model.optimiser_parts();
         be.adamw_step(
             &mut self.adamw,
             &hyper,
             AdamWTensors {
-                params: &mut gm.params.master,
-                grads: &gm.grads.bufs,
+                params: &mut params.master,
+                grads: &grads.bufs,
                 exp_avg: &mut self.exp_avg.bufs,
                 exp_avg_sq: &mut self.exp_avg_sq.bufs,
-                work: gm.params.work.as_deref_mut(),
+                work: params.work.as_deref_mut(),
             },
             true,
         )?;
@@ -240,7 +246,7 @@ impl<T: Dtype> GpuTrainer<T> {
         }
         // The host sample loss reads W: bring the updated one back.
         if let Some(w) = model.out_layer_keypoints_3d.as_mut() {
-            let dev = gm.params.f("out_layer_keypoints_3d.weight")?;
+            let dev = params.f("out_layer_keypoints_3d.weight")?;
             let host = be.download_f32::<f32>(&dev)?;
             w.data_mut().copy_from_slice(&host);
         }

@@ -138,6 +138,14 @@ impl Trainer {
         }
     }
 
+    /// Sets the learning rate of the next updates (a schedule calls this before each step).
+    pub fn set_lr(&mut self, lr: f32) {
+        self.opt.config.lr = lr;
+        if let Some(g) = self.gpu.as_mut() {
+            g.set_lr(lr);
+        }
+    }
+
     /// Brings the GPU's weights and moments to `model` / `opt` (no-op on the CPU).
     pub fn sync_from_gpu(&mut self) -> Result<()> {
         match self.gpu.as_ref() {

@@ -40,11 +40,16 @@ fn to_t<T: Dtype>(
         be.stream()
             .memcpy_dtod(src, &mut d)
             .map_err(cuda_err("copying a gradient on the device"))
-    } else {
-        // SAFETY: the only other Dtype is bf16 (checked by the caller's type), same length.
+    } else if T::NAME == "bf16" {
+        // SAFETY: T is bf16 (checked by name), so this is the same type and length.
         let mut d = unsafe { dst.transmute_mut::<half::bf16>(n) }
             .ok_or_else(|| Error::Cuda("viewing a gradient buffer as bf16".into()))?;
         be.cast_fwd_f32_to_bf16(src, &mut d)
+    } else {
+        Err(Error::Cuda(format!(
+            "no f32 → {} conversion for a gradient",
+            T::NAME
+        )))
     }
 }
 

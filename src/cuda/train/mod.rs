@@ -340,7 +340,17 @@ impl<T: Dtype> GpuTrainModel<T> {
             CudaBackend::pos_embed_bwd_scratch_len(t, c),
             CudaBackend::self_attention_bwd_scratch_len(b, t, cfg.vit.num_heads),
             CudaBackend::layernorm_bwd_scratch_len(b, d.dim),
-            CudaBackend::bias_grad_scratch_len(b, d.mlp_dim.max(raw_b_len).max(NPOSE)),
+            // Every bias of a decoder or readout: to_q (inner), to_out / net.3 / the query
+            // token (dim), net.0 (mlp), the readouts (96, 10, 3, raw_a, raw_b).
+            CudaBackend::bias_grad_scratch_len(
+                b,
+                d.mlp_dim
+                    .max(inner)
+                    .max(d.dim)
+                    .max(raw_a_len)
+                    .max(raw_b_len)
+                    .max(NPOSE),
+            ),
         ]
         .into_iter()
         .max()
@@ -732,6 +742,13 @@ impl<T: Dtype> GpuTrainModel<T> {
     /// Host copies of the gradients by state-dict name.
     pub fn download_grads(&self) -> Result<crate::model::backward::Grads> {
         self.grads.download(&self.backend, &self.params.index)
+    }
+
+    /// The backend, the parameters (mutably) and the gradients at once: what the optimiser
+    /// step needs (it writes the weights while it reads the gradients on this backend, whose
+    /// module cache then keeps the AdamW kernels loaded from one step to the next).
+    pub fn optimiser_parts(&mut self) -> (&CudaBackend, &mut DevParams<T>, &DevBuffers) {
+        (&self.backend, &mut self.params, &self.grads)
     }
 }
 

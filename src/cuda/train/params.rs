@@ -69,6 +69,13 @@ fn is_f32<T: Dtype>() -> bool {
 impl<T: Dtype> DevParams<T> {
     /// Uploads every trainable tensor of `model` (`HandModel::params_mut` order).
     pub fn upload(be: &CudaBackend, model: &mut HandModel) -> Result<DevParams<T>> {
+        // `w` reinterprets the masters (f32) or the bf16 copies as T: no other type is valid.
+        if !matches!(T::NAME, "f32" | "bf16") {
+            return Err(Error::Cuda(format!(
+                "training weights in {} are not supported (f32, bf16)",
+                T::NAME
+            )));
+        }
         let mut index = ParamIndex::default();
         let mut master = Vec::new();
         let mut work = (!is_f32::<T>()).then(Vec::new);

@@ -1,0 +1,548 @@
+//! The out-of-the-box demo (`train` with no arguments): on a fresh machine, with no weights and
+//! no datasets, generate (and cache) the synthetic set, train the `tiny` preset with the `ours`
+//! head from scratch (on the GPU when there is one, else the CPU), evaluate it on the held-out
+//! split with the same code as `eval pose` / `eval uncertainty`, print the scores next to two
+//! baselines (the mean pose; the same model with a constant uncertainty), and draw the result:
+//! overlays of the predicted mesh with projected 2σ joint ellipses, the sparsification plot and
+//! OBJ meshes.
+
+use std::path::{Path, PathBuf};
+
+use super::camera::{joint_blocks, Camera};
+use super::dataset::{generate, sample, SynthConfig, SynthPaths};
+use super::draw::save_png;
+use super::hand::procedural_hand;
+use super::overlay::{overlay, OverlayStyle};
+use super::plot::sparsification_png;
+use super::raster::MeshView;
+use crate::engine::{DeviceChoice, Engine, Precision};
+use crate::error::{Error, Result};
+use crate::eval::files::{self, Dataset};
+use crate::eval::pose::{self, PoseMetrics};
+use crate::eval::predict::{load_eval_set, predict, write_outputs, OutputPaths};
+use crate::eval::stats::sparsification;
+use crate::eval::uncertainty::{self, Alignment, Scores, UncertaintyInputs};
+use crate::infer::{load_image, make_crop, obj_text, stack};
+use crate::model::config::{ModelConfig, Uncertainty};
+use crate::model::layers::{TensorSource, TorchDefaultInit};
+use crate::model::mano::Mano;
+use crate::model::HandModel;
+use crate::ops::image::{RgbImage, IMAGE_MEAN, IMAGE_STD};
+use crate::ops::mano::{mano_fwd_cpu, NUM_KEYPOINTS};
+use crate::tensor::Tensor;
+use crate::train::adamw::AdamWConfig;
+use crate::train::data::{LoaderOptions, TrainSet};
+use crate::train::step::StepOptions;
+use crate::train::trainer::{BatchSource, DatasetSource, Trainer};
+
+/// What the demo does; `Default` is the README's first command.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    pub synth: SynthConfig,
+    /// Where the synthetic set is cached (`None`: `$HANDCOV_CACHE` or `~/.cache/handcov`).
+    pub cache: Option<PathBuf>,
+    /// Results, pictures and the trained weights.
+    pub out: PathBuf,
+    pub steps: u64,
+    pub batch_size: usize,
+    /// Peak learning rate (linear warm-up, then cosine decay to 5 %).
+    pub lr: f32,
+    pub device: DeviceChoice,
+    pub threads: usize,
+    pub seed: u64,
+    /// Overlays and meshes drawn for the first this many test hands.
+    pub pictures: usize,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            synth: SynthConfig::default(),
+            cache: None,
+            out: PathBuf::from("demo"),
+            steps: 2600,
+            batch_size: 32,
+            lr: 1e-3,
+            device: DeviceChoice::Auto,
+            threads: 0,
+            seed: 1,
+            pictures: 8,
+        }
+    }
+}
+
+/// The initial weights of the from-scratch model: PyTorch's default init for every layer
+/// (`TorchDefaultInit`), with the ViT position embedding at N(0, 0.02²) as ViTPose, the head
+/// readouts scaled down so the first predictions sit at the mean parameters, identity rotations
+/// and zero betas as the mean pose, the mean camera `cam0`, and log-variances starting at
+/// (2 cm)².
+struct DemoInit {
+    base: TorchDefaultInit,
+    cam0: f32,
+}
+
+impl TensorSource for DemoInit {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if name.ends_with("init_hand_pose") {
+            let v = (0..n)
+                .map(|i| if i % 6 == 0 || i % 6 == 4 { 1.0 } else { 0.0 })
+                .collect();
+            return Tensor::from_vec(shape, v);
+        }
+        if name.ends_with("init_betas") {
+            return Tensor::from_vec(shape, vec![0.0; n]);
+        }
+        if name.ends_with("init_cam") {
+            let v = (0..n)
+                .map(|i| if i == 0 { self.cam0 } else { 0.0 })
+                .collect();
+            return Tensor::from_vec(shape, v);
+        }
+        let t = self.base.tensor(name, shape)?;
+        let head_readout = (name.starts_with("mano_head.dec") && !name.contains("transformer"))
+            || (name.starts_with("uncertainty_head.dec") && !name.contains("transformer"));
+        if name == "backbone.pos_embed" {
+            let v = t.data().iter().map(|x| 0.02 * x).collect();
+            return Tensor::from_vec(shape, v);
+        }
+        if head_readout {
+            let is_unc_bias = name.starts_with("uncertainty_head.") && name.ends_with(".bias");
+            let v = t
+                .data()
+                .iter()
+                .map(|x| {
+                    if is_unc_bias {
+                        (0.02f32 * 0.02).ln()
+                    } else {
+                        0.05 * x
+                    }
+                })
+                .collect();
+            return Tensor::from_vec(shape, v);
+        }
+        Ok(t)
+    }
+}
+
+fn cache_root(o: &DemoOptions) -> PathBuf {
+    if let Some(c) = &o.cache {
+        return c.clone();
+    }
+    if let Ok(c) = std::env::var("HANDCOV_CACHE") {
+        return PathBuf::from(c);
+    }
+    match std::env::var("HOME") {
+        Ok(h) => Path::new(&h).join(".cache").join("handcov"),
+        Err(_) => PathBuf::from(".handcov-cache"),
+    }
+}
+
+/// The weak-perspective scale that maps the hands of the set onto their crops: the mean over a
+/// few samples of 2·(half extent in normalised crop units) / (half extent in metres).
+fn mean_camera_scale(mano: &Mano, cfg: &SynthConfig) -> Result<f32> {
+    let mut acc = 0.0;
+    let k = 32;
+    for i in 0..k {
+        let s = sample(mano, cfg.seed, i, cfg.image_px, 0.0)?;
+        let ext = |f: &dyn Fn(usize) -> f64| {
+            let v: Vec<f64> = (0..NUM_KEYPOINTS).map(f).collect();
+            let lo = v.iter().cloned().fold(f64::MAX, f64::min);
+            let hi = v.iter().cloned().fold(f64::MIN, f64::max);
+            hi - lo
+        };
+        let px = ext(&|j| s.keypoints_2d[j][0]).max(ext(&|j| s.keypoints_2d[j][1]));
+        let m = ext(&|j| s.keypoints_3d[j][0] as f64).max(ext(&|j| s.keypoints_3d[j][1] as f64));
+        acc += (px / s.box_side) / m.max(1e-3);
+    }
+    Ok((acc / k as f64) as f32)
+}
+
+/// Mean keypoints and vertices of the training labels (the mean-pose baseline).
+fn mean_pose(mano: &Mano, train: &Path, limit: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let ann = train.join("annotations.jsonl");
+    let text = std::fs::read_to_string(&ann).map_err(|e| Error::io(&ann, e))?;
+    let data = mano.data();
+    let nv = mano.num_verts();
+    let (mut kp_sum, mut v_sum) = (vec![0f64; NUM_KEYPOINTS * 3], vec![0f64; nv * 3]);
+    let mut count = 0usize;
+    for line in text.lines().take(limit) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::Input(format!("{}: {e}", ann.display())))?;
+        let get = |k: &str| -> Vec<f32> {
+            v["mano"][k]
+                .as_array()
+                .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect())
+                .unwrap_or_default()
+        };
+        let (go, hp, betas) = (get("global_orient"), get("hand_pose"), get("betas"));
+        if go.len() != 3 || hp.len() != 45 || betas.len() != 10 {
+            continue;
+        }
+        let go: [f32; 3] = [go[0], go[1], go[2]];
+        let mut hp45 = [0f32; 45];
+        hp45.copy_from_slice(&hp);
+        let rot = super::hand::pose_rotmats(&go, &hp45);
+        let (mut verts, mut kp) = (vec![0f32; nv * 3], vec![0f32; NUM_KEYPOINTS * 3]);
+        mano_fwd_cpu(&data, &rot, &betas, 1, &mut verts, &mut kp);
+        for (s, x) in kp_sum.iter_mut().zip(&kp) {
+            *s += *x as f64;
+        }
+        for (s, x) in v_sum.iter_mut().zip(&verts) {
+            *s += *x as f64;
+        }
+        count += 1;
+    }
+    if count == 0 {
+        return Err(Error::Input(format!("{}: no MANO labels", ann.display())));
+    }
+    let c = count as f64;
+    Ok((
+        kp_sum.iter().map(|s| (s / c) as f32).collect(),
+        v_sum.iter().map(|s| (s / c) as f32).collect(),
+    ))
+}
+
+/// The learning rate at `step`: linear warm-up over 5 % of the steps, cosine decay to 5 %.
+fn lr_at(step: u64, steps: u64, peak: f32) -> f32 {
+    let warm = (steps / 20).max(1);
+    if step < warm {
+        return peak * (step + 1) as f32 / warm as f32;
+    }
+    let t = (step - warm) as f32 / (steps - warm).max(1) as f32;
+    peak * (0.05 + 0.95 * 0.5 * (1.0 + (std::f32::consts::PI * t).cos()))
+}
+
+/// The constant-uncertainty baseline: the mean of `u` everywhere, with ties broken in a fixed
+/// pseudo-random order (a relative jitter of 1e-9). A plain constant would rank the entries in
+/// their joint-major file order, wrists first, which are the easiest joints: not a neutral
+/// baseline.
+fn constant_uncertainty(u: &[f64]) -> Vec<f64> {
+    let mean = u.iter().sum::<f64>() / u.len().max(1) as f64;
+    let p = crate::train::rng::Philox::new(0xc0ffee, 0x5e, 0, 0);
+    (0..u.len())
+        .map(|i| mean * (1.0 + 1e-9 * p.uniform_f64(i as u64)))
+        .collect()
+}
+
+/// The crop tensor `[3, S, S]` (normalised) back to RGB, enlarged `k` times (nearest).
+fn crop_rgb(crop: &[f32], s: usize, k: usize) -> RgbImage {
+    let sk = s * k;
+    let mut img = RgbImage::new(sk, sk);
+    for y in 0..sk {
+        for x in 0..sk {
+            let i = (y / k) * s + x / k;
+            for c in 0..3 {
+                let v = (crop[c * s * s + i] as f64 * IMAGE_STD[c] + IMAGE_MEAN[c]) * 255.0;
+                img.data[(y * sk + x) * 3 + c] = v.round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    img
+}
+
+/// Everything the demo measured.
+pub struct DemoReport {
+    pub model_pose: PoseMetrics,
+    pub mean_pose: PoseMetrics,
+    pub model_unc: Scores,
+    pub const_unc: Scores,
+    pub train_seconds: f64,
+    pub total_seconds: f64,
+    pub first_loss: f64,
+    pub last_loss: f64,
+}
+
+fn table(r: &DemoReport) -> String {
+    let f = |v: f64| {
+        if v.is_finite() {
+            format!("{v:>9.3}")
+        } else {
+            format!("{:>9}", "n/a")
+        }
+    };
+    let mut s = String::new();
+    s.push_str("                               PA-MPJPE  PA-MPVPE   Pearson      AUSC      AUSE\n");
+    s.push_str("                                   (mm)      (mm)\n");
+    let (p, u) = (&r.model_pose, &r.model_unc);
+    s.push_str(&format!(
+        "tiny + ours (trained here)    {} {} {} {} {}\n",
+        f(p.pa_mpjpe_mm),
+        f(p.pa_mpvpe_mm),
+        f(u.pearson),
+        f(u.ausc),
+        f(u.ause)
+    ));
+    let c = &r.const_unc;
+    s.push_str(&format!(
+        "  same, constant uncertainty  {} {} {} {} {}\n",
+        f(p.pa_mpjpe_mm),
+        f(p.pa_mpvpe_mm),
+        f(c.pearson),
+        f(c.ausc),
+        f(c.ause)
+    ));
+    let m = &r.mean_pose;
+    s.push_str(&format!(
+        "mean pose of the training set {} {} {:>9} {:>9} {:>9}\n",
+        f(m.pa_mpjpe_mm),
+        f(m.pa_mpvpe_mm),
+        "-",
+        "-",
+        "-"
+    ));
+    s
+}
+
+/// Runs the demo end to end; prints progress and the final table, returns the numbers.
+pub fn run(o: &DemoOptions) -> Result<DemoReport> {
+    let t0 = std::time::Instant::now();
+    let hand = procedural_hand();
+    let mano = hand.mano()?;
+    let root = cache_root(o).join(format!("synth-{}", o.synth.key()));
+    eprintln!("demo: synthetic hands under {}", root.display());
+    let paths: SynthPaths = generate(&root, &o.synth, &mano, true)?;
+    std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
+    let mano_path = o.out.join("procedural_hand.safetensors");
+    hand.save(&mano_path)?;
+
+    // The model, from scratch.
+    let mut cfg = ModelConfig::tiny();
+    cfg.uncertainty = Uncertainty::Ours;
+    let cam0 = mean_camera_scale(&mano, &o.synth)?;
+    let init = DemoInit {
+        base: TorchDefaultInit::new(o.seed),
+        cam0,
+    };
+    let model = HandModel::build(cfg.clone(), &init, hand.mano()?)?;
+
+    // Training.
+    let set = std::sync::Arc::new(TrainSet::open(&paths.train)?);
+    let lopts = LoaderOptions {
+        batch_size: o.batch_size,
+        image_size: cfg.image_size,
+        seed: o.seed,
+        threads: o.threads,
+        ..Default::default()
+    };
+    let mut source = DatasetSource::new(set, lopts)?;
+    let adamw = AdamWConfig {
+        lr: o.lr,
+        weight_decay: 1e-4,
+        clip_norm: Some(5.0),
+        ..Default::default()
+    };
+    // `ours` with the exact NLL of its full covariance (SPEC §15b.2), so that W learns the
+    // correlations of the residuals and the per-joint uncertainty (the trace of each joint's
+    // block of W·diag(e^s)·Wᵀ) is fitted, not mixed by a random W.
+    let step_options = StepOptions {
+        ours_nll_exact: true,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(model, adamw, None, step_options, o.seed);
+    let gpu = match o.device {
+        DeviceChoice::Cpu => false,
+        DeviceChoice::Cuda => true,
+        DeviceChoice::Auto => crate::cuda::CudaBackend::new(0).is_ok(),
+    };
+    if gpu {
+        trainer.use_gpu(Precision::Fp32)?;
+    }
+    eprintln!(
+        "demo: training tiny + ours from scratch on the {} for {} steps of {}",
+        if gpu { "GPU" } else { "CPU" },
+        o.steps,
+        o.batch_size
+    );
+    let t_train = std::time::Instant::now();
+    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    let mut window = Vec::new();
+    while trainer.state.step < o.steps {
+        let step = trainer.state.step;
+        trainer.set_lr(lr_at(step, o.steps, o.lr));
+        let batch = source.next_batch()?;
+        let r = trainer.step(&batch)?;
+        trainer.state.cursor = source.cursor();
+        if r.total.is_finite() {
+            window.push(r.total / batch.b as f64);
+        }
+        let every = (o.steps / 10).max(1);
+        if (step + 1) % every == 0 || step + 1 == o.steps {
+            let mean = window.iter().sum::<f64>() / window.len().max(1) as f64;
+            if first_loss.is_nan() {
+                first_loss = mean;
+            }
+            last_loss = mean;
+            window.clear();
+            let el = t_train.elapsed().as_secs_f64();
+            eprintln!(
+                "demo: step {:>5}/{}  loss/hand {mean:+.4e}  {:.0} img/s  eta {:.0}s",
+                step + 1,
+                o.steps,
+                ((step + 1) as f64 * o.batch_size as f64) / el,
+                el / (step + 1) as f64 * (o.steps - step - 1) as f64
+            );
+        }
+    }
+    let train_seconds = t_train.elapsed().as_secs_f64();
+    trainer.save(&o.out.join("tiny_ours.safetensors"))?;
+
+    // Predictions on the held-out split, with the evaluation code.
+    let mut engine = Engine::new(trainer.model, DeviceChoice::Cpu, Precision::Fp32, false)?;
+    let es = load_eval_set(&paths.eval_set, None)?;
+    let pred = predict(&mut engine, &es.samples, Dataset::FreiHand, 32, |_| {})?;
+    let results = o.out.join("results");
+    let exp_dir = |name: &str| results.join(name);
+    write_outputs(
+        &OutputPaths::new(&exp_dir("synthetic"), Dataset::FreiHand),
+        &pred,
+        "ours",
+    )?;
+    let model_pose = pose::evaluate(
+        &exp_dir("synthetic").join(Dataset::FreiHand.predictions_file()),
+        &paths.test,
+    )?;
+    let inputs = UncertaintyInputs::locate(Dataset::FreiHand, "synthetic", &results, &paths.test);
+    let rep = uncertainty::evaluate(Dataset::FreiHand, "synthetic", &inputs)?;
+    rep.write(&o.out.join("uncertainty_eval").join("synthetic"))?;
+
+    // Baselines.
+    let n = pred.n;
+    let (mkp, mv) = mean_pose(&mano, &paths.train, 2000)?;
+    let mp_dir = exp_dir("mean_pose");
+    std::fs::create_dir_all(&mp_dir).map_err(|e| Error::io(&mp_dir, e))?;
+    let mp_file = mp_dir.join(Dataset::FreiHand.predictions_file());
+    files::write_predictions(&mp_file, n, &mkp.repeat(n), &mv.repeat(n))?;
+    let mean_pose = pose::evaluate(&mp_file, &paths.test)?;
+    let gt = files::read_gt_xyz(&paths.test.join("evaluation_xyz.json"))?;
+    let preds =
+        files::read_predictions(&exp_dir("synthetic").join(Dataset::FreiHand.predictions_file()))?;
+    let errors = uncertainty::joint_errors(&gt, &preds.xyz, Alignment::None);
+    let u = uncertainty::uncertainty_joint_major(&files::read_uncertainty(&inputs.uncertainty)?);
+    let u_const = constant_uncertainty(&u);
+    let mut const_unc = uncertainty::scores(&errors, &u_const, n);
+    // A correlation with a constant is undefined (SciPy returns NaN).
+    const_unc.pearson = f64::NAN;
+    const_unc.pearson_1_99 = f64::NAN;
+    const_unc.pearson_5_95 = f64::NAN;
+    let report = DemoReport {
+        model_pose,
+        mean_pose,
+        model_unc: rep.reference.clone(),
+        const_unc,
+        train_seconds,
+        total_seconds: 0.0,
+        first_loss,
+        last_loss,
+    };
+
+    // Pictures.
+    let pics = o.out.join("pictures");
+    std::fs::create_dir_all(&pics).map_err(|e| Error::io(&pics, e))?;
+    let big_e: Vec<f64> = errors.iter().map(|v| 10.0 * v).collect();
+    let sp_model = sparsification(&big_e, &u);
+    let sp_const = sparsification(&big_e, &u_const);
+    sparsification_png(
+        &pics.join("sparsification.png"),
+        &[
+            ("tiny + ours", &sp_model.curve, [200, 60, 40]),
+            ("oracle", &sp_model.oracle, [40, 140, 60]),
+            ("constant uncertainty", &sp_const.curve, [90, 90, 200]),
+        ],
+        &sp_model.x,
+        "synthetic test set: sparsification (error x10 m)",
+        [720, 480],
+    )?;
+    draw_examples(
+        &mut engine,
+        &es.samples,
+        o.pictures.min(es.samples.len()),
+        &pics,
+        &o.out,
+    )?;
+    let total_seconds = t0.elapsed().as_secs_f64();
+    let report = DemoReport {
+        total_seconds,
+        ..report
+    };
+    println!(
+        "\nheld-out synthetic hands: {n}   (training {:.0} s, total {:.0} s)\n{}",
+        report.train_seconds,
+        report.total_seconds,
+        table(&report)
+    );
+    println!(
+        "files: {} (weights), {} (predictions, scores), {} (overlays, sparsification plot), {} (OBJ)",
+        o.out.join("tiny_ours.safetensors").display(),
+        results.display(),
+        pics.display(),
+        o.out.join("meshes").display()
+    );
+    Ok(report)
+}
+
+/// Overlays (mesh, skeleton, 2σ ellipses) on the crops of the first `k` test hands, and their
+/// meshes as OBJ.
+fn draw_examples(
+    engine: &mut Engine,
+    samples: &[crate::eval::predict::EvalSample],
+    k: usize,
+    pics: &Path,
+    out: &Path,
+) -> Result<()> {
+    if k == 0 {
+        return Ok(());
+    }
+    let size = engine.model().config.image_size;
+    let focal = engine.model().config.focal_length;
+    let faces = engine.model().mano.faces.clone();
+    let crops = samples[..k]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Ok(make_crop(i, &load_image(&s.path)?, s.cbox, size)))
+        .collect::<Result<Vec<_>>>()?;
+    let refs: Vec<_> = crops.iter().collect();
+    let pred = engine.forward(&stack(&refs, size)?)?;
+    let meshes = out.join("meshes");
+    std::fs::create_dir_all(&meshes).map_err(|e| Error::io(&meshes, e))?;
+    let nv = pred.pred_vertices.dim(1);
+    for (i, c) in crops.iter().enumerate() {
+        let verts = &pred.pred_vertices.data()[i * nv * 3..(i + 1) * nv * 3];
+        let kp: Vec<[f32; 3]> = pred.pred_keypoints_3d.data()
+            [i * NUM_KEYPOINTS * 3..(i + 1) * NUM_KEYPOINTS * 3]
+            .chunks(3)
+            .map(|v| [v[0], v[1], v[2]])
+            .collect();
+        let t = &pred.pred_cam_t.data()[i * 3..i * 3 + 3];
+        // Drawn at k× the crop: the same camera with the focal length scaled, and the crop's
+        // pixel centre (u, v) at (k·u + (k − 1)/2, …) of the enlarged image.
+        let k = 3;
+        let mut cam = Camera::crop(
+            focal * k as f64,
+            size * k,
+            [t[0] as f64, t[1] as f64, t[2] as f64],
+        );
+        cam.cx = k as f64 * (size as f64 / 2.0) + (k as f64 - 1.0) / 2.0;
+        cam.cy = cam.cx;
+        let cov = match &pred.uncertainty {
+            Some(u) => Some(joint_blocks(
+                &u.keypoint_3d_cov.data()[i * 63 * 63..(i + 1) * 63 * 63],
+                NUM_KEYPOINTS,
+            )?),
+            None => None,
+        };
+        let mesh = MeshView::from_flat(verts, &faces)?;
+        let img = overlay(
+            &crop_rgb(&c.crop, size, k),
+            &mesh,
+            &cam,
+            &kp,
+            cov.as_deref(),
+            &OverlayStyle::scaled_for(size * k),
+        )?;
+        save_png(&pics.join(format!("overlay_{i:03}.png")), &img)?;
+        let obj = meshes.join(format!("hand_{i:03}.obj"));
+        std::fs::write(&obj, obj_text(verts, &faces, true)).map_err(|e| Error::io(&obj, e))?;
+    }
+    Ok(())
+}
