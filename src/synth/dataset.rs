@@ -66,7 +66,7 @@ impl SynthConfig {
     /// A short text that changes whenever the generated bits would (the cache key).
     pub fn key(&self) -> String {
         format!(
-            "v3-{}-{}-{}-{}-{}",
+            "v4-{}-{}-{}-{}-{}",
             self.n_train, self.n_test, self.image_px, self.seed, self.nuisance_rate
         )
     }
@@ -232,8 +232,8 @@ fn blur(img: &mut RgbImage, sigma: f32) {
                     }
                 }
                 let di = ((y * w + x) * 3) as usize;
-                for c in 0..3 {
-                    img.data[di + c] = (acc[c] / sum).round().clamp(0.0, 255.0) as u8;
+                for (dst, a) in img.data[di..di + 3].iter_mut().zip(&acc) {
+                    *dst = (a / sum).round().clamp(0.0, 255.0) as u8;
                 }
             }
         }
@@ -355,8 +355,8 @@ pub fn sample(mano: &Mano, seed: u64, i: u64, px: usize, nuisance_rate: f32) -> 
                     for x in xs..xe {
                         let o = (y * px + x) * 3;
                         let n = (16.0 * d.normal()) as i32;
-                        for c in 0..3 {
-                            image.data[o + c] = (col[c] as i32 + n).clamp(0, 255) as u8;
+                        for (dst, &cv) in image.data[o..o + 3].iter_mut().zip(&col) {
+                            *dst = (cv as i32 + n).clamp(0, 255) as u8;
                         }
                     }
                 }
@@ -529,6 +529,9 @@ pub fn generate(root: &Path, cfg: &SynthConfig, mano: &Mano, log: bool) -> Resul
         std::fs::write(&p, v.to_string()).map_err(|e| Error::io(&p, e))
     };
     write_json(paths.test.join("evaluation_K.json"), json!(k_mats))?;
+    // The evaluation crop expands a box to 3:4 before taking its longer side (SPEC §1.2), the
+    // training crop does not: a square box of ¾ the side gives the evaluation crop exactly the
+    // training crop, so the model sees the hands at the scale it was trained on.
     let samples: Vec<_> = test
         .iter()
         .enumerate()
@@ -536,7 +539,7 @@ pub fn generate(root: &Path, cfg: &SynthConfig, mano: &Mano, log: bool) -> Resul
             json!({
                 "image": format!("evaluation/rgb/{k:08}.jpg"),
                 "center": [round6(s.center[0]), round6(s.center[1])],
-                "scale": round6(s.box_side / 200.0),
+                "scale": round6(0.75 * s.box_side / 200.0),
                 "is_right": true,
             })
         })

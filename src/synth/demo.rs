@@ -32,6 +32,7 @@ use crate::ops::mano::{mano_fwd_cpu, NUM_KEYPOINTS};
 use crate::tensor::Tensor;
 use crate::train::adamw::AdamWConfig;
 use crate::train::data::{LoaderOptions, TrainSet};
+use crate::train::losses::LossWeights;
 use crate::train::step::StepOptions;
 use crate::train::trainer::{BatchSource, DatasetSource, Trainer};
 
@@ -139,7 +140,7 @@ fn cache_root(o: &DemoOptions) -> PathBuf {
 }
 
 /// The weak-perspective scale that maps the hands of the set onto their crops: the mean over a
-/// few samples of 2·(half extent in normalised crop units) / (half extent in metres).
+/// few samples of 2·(extent in normalised crop units) / (extent in metres).
 fn mean_camera_scale(mano: &Mano, cfg: &SynthConfig) -> Result<f32> {
     let mut acc = 0.0;
     let k = 32;
@@ -153,7 +154,8 @@ fn mean_camera_scale(mano: &Mano, cfg: &SynthConfig) -> Result<f32> {
         };
         let px = ext(&|j| s.keypoints_2d[j][0]).max(ext(&|j| s.keypoints_2d[j][1]));
         let m = ext(&|j| s.keypoints_3d[j][0] as f64).max(ext(&|j| s.keypoints_3d[j][1] as f64));
-        acc += (px / s.box_side) / m.max(1e-3);
+        // Normalised crop coordinates are x_n = s·X/2 (SPEC §4: t_z = 2f/(S·s)).
+        acc += 2.0 * (px / s.box_side) / m.max(1e-3);
     }
     Ok((acc / k as f64) as f32)
 }
@@ -335,8 +337,17 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport> {
     // `ours` with the exact NLL of its full covariance (SPEC §15b.2), so that W learns the
     // correlations of the residuals and the per-joint uncertainty (the trace of each joint's
     // block of W·diag(e^s)·Wᵀ) is fitted, not mixed by a random W.
+    // Training from scratch, the MANO-parameter terms get 10× the reference's weights (SPEC
+    // §7.2 tunes them for fine-tuning a pretrained model, where the keypoint terms dominate).
+    let weights = LossWeights {
+        global_orient: 0.01,
+        hand_pose: 0.01,
+        betas: 0.005,
+        ..Default::default()
+    };
     let step_options = StepOptions {
         ours_nll_exact: true,
+        weights,
         ..Default::default()
     };
     let mut trainer = Trainer::new(model, adamw, None, step_options, o.seed);
