@@ -31,7 +31,7 @@ use crate::ops::image::{RgbImage, IMAGE_MEAN, IMAGE_STD};
 use crate::ops::mano::{mano_fwd_cpu, NUM_KEYPOINTS};
 use crate::tensor::Tensor;
 use crate::train::adamw::AdamWConfig;
-use crate::train::data::{LoaderOptions, TrainSet};
+use crate::train::data::{AugConfig, LoaderOptions, TrainSet};
 use crate::train::losses::LossWeights;
 use crate::train::step::StepOptions;
 use crate::train::trainer::{BatchSource, DatasetSource, Trainer};
@@ -320,11 +320,20 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport> {
 
     // Training.
     let set = std::sync::Arc::new(TrainSet::open(&paths.train)?);
+    // Lighter augmentation than the reference's (SPEC §1.4): the synthetic set already varies
+    // scale, rotation and colour, and a five-minute run cannot afford the harder problem.
     let lopts = LoaderOptions {
         batch_size: o.batch_size,
         image_size: cfg.image_size,
         seed: o.seed,
         threads: o.threads,
+        augment: Some(AugConfig {
+            trans_factor: 0.02,
+            scale_factor: 0.1,
+            rot_factor: 15.0,
+            rot_aug_rate: 0.3,
+            color_scale: 0.1,
+        }),
         ..Default::default()
     };
     let mut source = DatasetSource::new(set, lopts)?;
