@@ -202,8 +202,9 @@ fn a_nan_in_the_batch_is_skipped() {
 fn bad_input_is_one_clean_error() {
     let (dir, w, cfg) = setup("train_cli_errors", Uncertainty::Diag);
     let batch = fixture("train_tiny_batch.safetensors");
-    assert_clean(
-        train(&[
+    // One step on the fixture batch, with `extra` flags.
+    let one_step = |extra: &[&str]| {
+        let mut a = vec![
             "--config",
             s(&cfg),
             "--init",
@@ -214,29 +215,17 @@ fn bad_input_is_one_clean_error() {
             "1",
             "--out",
             s(&dir),
-            "--device",
-            "cuda",
-        ]),
+        ];
+        a.extend_from_slice(extra);
+        train(&a)
+    };
+    assert_clean(
+        one_step(&["--device", "cuda"]),
         // No usable GPU here (no driver, or a build without kernels): one clean CUDA error.
         "cuda:",
     );
     assert_clean(
-        train(&[
-            "--config",
-            s(&cfg),
-            "--init",
-            s(&w),
-            "--batch-file",
-            s(&batch),
-            "--steps",
-            "1",
-            "--out",
-            s(&dir),
-            "--device",
-            "cpu",
-            "--precision",
-            "bf16",
-        ]),
+        one_step(&["--device", "cpu", "--precision", "bf16"]),
         "needs the CUDA device",
     );
     assert_clean(
@@ -254,23 +243,7 @@ fn bad_input_is_one_clean_error() {
         ]),
         "none.safetensors",
     );
-    assert_clean(
-        train(&[
-            "--config",
-            s(&cfg),
-            "--init",
-            s(&w),
-            "--batch-file",
-            s(&batch),
-            "--steps",
-            "1",
-            "--out",
-            s(&dir),
-            "--ours-nll",
-            "maybe",
-        ]),
-        "--ours-nll",
-    );
+    assert_clean(one_step(&["--ours-nll", "maybe"]), "--ours-nll");
     assert_clean(
         train(&[
             "--config",

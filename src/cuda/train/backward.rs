@@ -55,77 +55,125 @@ fn to_t<T: Dtype>(
     }
 }
 
-/// Parameter-gradient side of a linear layer `y = x·Wᵀ + b` named `name`: `dW += dyᵀ·x` (from
-/// the T copies) and, when the layer has a bias, `db += Σ dy` from `dy_f` (f32, when the
-/// gradient exists in f32) or else from `dy`.
-#[allow(clippy::too_many_arguments)]
-fn lin_params<T: Dtype>(
-    be: &CudaBackend,
-    gg: &mut GradGemm,
-    p: &DevParams<T>,
-    gr: &mut DevBuffers,
-    scratch: &mut CudaSlice<f32>,
-    name: &str,
-    x: &CudaView<'_, T>,
-    dy: &CudaView<'_, T>,
-    dy_f: Option<&CudaView<'_, f32>>,
-    rows: usize,
-    d_in: usize,
-    d_out: usize,
-) -> Result<()> {
-    gg.linear_bwd_weight::<T>(
-        x,
-        dy,
-        &mut gr.get_mut(&p.index, &format!("{name}.weight"))?,
-        rows,
-        d_in,
-        d_out,
-    )?;
-    let bn = format!("{name}.bias");
-    if p.index.has(&bn) {
-        let mut db = gr.get_mut(&p.index, &bn)?;
-        let mut sc = scratch.as_view_mut();
-        match dy_f {
-            Some(f) => be.bias_grad::<f32>(f, &mut db, &mut sc, rows, d_out)?,
-            None => be.bias_grad::<T>(dy, &mut db, &mut sc, rows, d_out)?,
-        }
-    }
-    Ok(())
+/// What every parameter-gradient step of the backward borrows: the backend, the gradient
+/// GEMMs, the weights, the gradients and the reductions' scratch.
+struct Ctx<'a, T: Dtype> {
+    be: &'a CudaBackend,
+    gg: &'a mut GradGemm,
+    p: &'a DevParams<T>,
+    gr: &'a mut DevBuffers,
+    scratch: &'a mut CudaSlice<f32>,
 }
 
-/// LayerNorm `name` backward: `dx_out = ∂/∂x` (overwritten), weight/bias gradients added.
-#[allow(clippy::too_many_arguments)]
-fn ln_bwd<T: Dtype>(
-    be: &CudaBackend,
-    p: &DevParams<T>,
-    gr: &mut DevBuffers,
-    scratch: &mut CudaSlice<f32>,
-    name: &str,
-    x: &CudaView<'_, f32>,
-    dy: &CudaView<'_, f32>,
-    dx_out: &mut CudaViewMut<'_, f32>,
-    rows: usize,
-    cols: usize,
-) -> Result<()> {
-    let eps = *p
-        .norm_eps
-        .get(name)
-        .ok_or_else(|| Error::Cuda(format!("no LayerNorm named {name}")))?;
-    let gamma = p.f(&format!("{name}.weight"))?;
-    let (mut dg, mut db) =
-        gr.pair_mut(&p.index, &format!("{name}.weight"), &format!("{name}.bias"))?;
-    be.layernorm_bwd(
-        x,
-        &gamma,
-        dy,
-        dx_out,
-        &mut dg,
-        &mut db,
-        &mut scratch.as_view_mut(),
-        rows,
-        cols,
-        eps,
-    )
+impl<T: Dtype> Ctx<'_, T> {
+    /// Parameter-gradient side of a linear layer `y = x·Wᵀ + b` named `name`: `dW += dyᵀ·x`
+    /// (from the T copies) and, when the layer has a bias, `db += Σ dy` from `dy_f` (f32, when
+    /// the gradient exists in f32) or else from `dy`.
+    #[allow(clippy::too_many_arguments)]
+    fn params(
+        &mut self,
+        name: &str,
+        x: &CudaView<'_, T>,
+        dy: &CudaView<'_, T>,
+        dy_f: Option<&CudaView<'_, f32>>,
+        rows: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<()> {
+        let (p, gr) = (self.p, &mut *self.gr);
+        self.gg.linear_bwd_weight::<T>(
+            x,
+            dy,
+            &mut gr.get_mut(&p.index, &format!("{name}.weight"))?,
+            rows,
+            d_in,
+            d_out,
+        )?;
+        let bn = format!("{name}.bias");
+        if p.index.has(&bn) {
+            let mut db = gr.get_mut(&p.index, &bn)?;
+            let mut sc = self.scratch.as_view_mut();
+            match dy_f {
+                Some(f) => self.be.bias_grad::<f32>(f, &mut db, &mut sc, rows, d_out)?,
+                None => self.be.bias_grad::<T>(dy, &mut db, &mut sc, rows, d_out)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole backward of the linear layer `name`: [`Ctx::params`], then the input gradient
+    /// `dx = dy·W` (overwritten, or added with `accumulate`) in `TO`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear<TO: Dtype>(
+        &mut self,
+        name: &str,
+        x: &CudaView<'_, T>,
+        dy: &CudaView<'_, T>,
+        dy_f: Option<&CudaView<'_, f32>>,
+        dx: &mut CudaViewMut<'_, TO>,
+        rows: usize,
+        d_in: usize,
+        d_out: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.params(name, x, dy, dy_f, rows, d_in, d_out)?;
+        let w = self.p.w(&format!("{name}.weight"))?;
+        self.gg
+            .linear_bwd_input::<T, TO>(dy, &w, dx, rows, d_in, d_out, accumulate)
+    }
+
+    /// LayerNorm `name` backward: `dx_out = ∂/∂x` (overwritten); its weight and bias
+    /// gradients are accumulated.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm(
+        &mut self,
+        name: &str,
+        x: &CudaView<'_, f32>,
+        dy: &CudaView<'_, f32>,
+        dx_out: &mut CudaViewMut<'_, f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        let p = self.p;
+        let eps = *p
+            .norm_eps
+            .get(name)
+            .ok_or_else(|| Error::Cuda(format!("no LayerNorm named {name}")))?;
+        let gamma = p.f(&format!("{name}.weight"))?;
+        let (mut dg, mut db) =
+            self.gr
+                .pair_mut(&p.index, &format!("{name}.weight"), &format!("{name}.bias"))?;
+        self.be.layernorm_bwd(
+            x,
+            &gamma,
+            dy,
+            dx_out,
+            &mut dg,
+            &mut db,
+            &mut self.scratch.as_view_mut(),
+            rows,
+            cols,
+            eps,
+        )
+    }
+
+    /// [`Ctx::layernorm`] into `tmp`, then added to the residual gradient `dx` (the first
+    /// `rows·cols` values of each).
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_add(
+        &mut self,
+        name: &str,
+        x: &CudaView<'_, f32>,
+        dy: &CudaView<'_, f32>,
+        tmp: &mut CudaSlice<f32>,
+        dx: &mut CudaSlice<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        let n = rows * cols;
+        self.layernorm(name, x, dy, &mut head_mut(tmp, n), rows, cols)?;
+        self.be.add_fwd(&mut head_mut(dx, n), &head(tmp, n))
+    }
 }
 
 impl<T: Dtype> GpuTrainModel<T> {
@@ -419,12 +467,16 @@ impl<T: Dtype> GpuTrainModel<T> {
         let heads = cfg.vit.num_heads;
         let hd = c / heads;
         let hidden = cfg.vit_mlp_hidden();
+        let be: &CudaBackend = be;
         let gw = &mut ws.g;
-        ln_bwd(
+        let mut k = Ctx {
             be,
+            gg,
             p,
             gr,
-            &mut gw.scratch,
+            scratch: &mut gw.scratch,
+        };
+        k.layernorm(
             "backbone.last_norm",
             &head(&ws.x, n),
             &head(&gw.ctx, n),
@@ -445,23 +497,11 @@ impl<T: Dtype> GpuTrainModel<T> {
                 .memcpy_dtod(&a.pre, &mut ws.hid)
                 .map_err(cuda_err("recomputing the GELU input"))?;
             be.bias_gelu_fwd::<T>(&mut ws.hid.as_view_mut(), None, bt, hidden, true)?;
-            lin_params(
-                be,
-                gg,
-                p,
-                gr,
-                &mut gw.scratch,
+            k.linear(
                 &format!("{nm}.mlp.fc2"),
                 &ws.hid.as_view(),
                 &gw.branch_t.as_view(),
                 Some(&head(&gw.tmp, n)),
-                bt,
-                hidden,
-                c,
-            )?;
-            gg.linear_bwd_input::<T, T>(
-                &gw.branch_t.as_view(),
-                &p.w(&format!("{nm}.mlp.fc2.weight"))?,
                 &mut gw.hid.as_view_mut(),
                 bt,
                 hidden,
@@ -469,42 +509,26 @@ impl<T: Dtype> GpuTrainModel<T> {
                 false,
             )?;
             be.gelu_bwd::<T>(&a.pre.as_view(), &mut gw.hid.as_view_mut())?;
-            lin_params(
-                be,
-                gg,
-                p,
-                gr,
-                &mut gw.scratch,
+            k.linear(
                 &format!("{nm}.mlp.fc1"),
                 &a.h2.as_view(),
                 &gw.hid.as_view(),
                 None,
-                bt,
-                c,
-                hidden,
-            )?;
-            gg.linear_bwd_input::<T, f32>(
-                &gw.hid.as_view(),
-                &p.w(&format!("{nm}.mlp.fc1.weight"))?,
                 &mut head_mut(&mut gw.h, n),
                 bt,
                 c,
                 hidden,
                 false,
             )?;
-            ln_bwd(
-                be,
-                p,
-                gr,
-                &mut gw.scratch,
+            k.layernorm_add(
                 &format!("{nm}.norm2"),
                 &head(&a.x1, n),
                 &head(&gw.h, n),
-                &mut head_mut(&mut gw.tmp, n),
+                &mut gw.tmp,
+                &mut gw.x,
                 bt,
                 c,
             )?;
-            be.add_fwd(&mut head_mut(&mut gw.x, n), &head(&gw.tmp, n))?;
             // Attention branch.
             copy_f(be, &gw.x, &mut gw.tmp)?;
             if drop {
@@ -512,23 +536,11 @@ impl<T: Dtype> GpuTrainModel<T> {
                 be.scale_rows(&mut gw.tmp.as_view_mut(), &sc, t * c)?;
             }
             to_t(be, &head(&gw.tmp, n), &mut head_mut(&mut gw.branch_t, n))?;
-            lin_params(
-                be,
-                gg,
-                p,
-                gr,
-                &mut gw.scratch,
+            k.linear(
                 &format!("{nm}.attn.proj"),
                 &a.att.as_view(),
                 &gw.branch_t.as_view(),
                 Some(&head(&gw.tmp, n)),
-                bt,
-                c,
-                c,
-            )?;
-            gg.linear_bwd_input::<T, T>(
-                &gw.branch_t.as_view(),
-                &p.w(&format!("{nm}.attn.proj.weight"))?,
                 &mut gw.att.as_view_mut(),
                 bt,
                 c,
@@ -540,73 +552,51 @@ impl<T: Dtype> GpuTrainModel<T> {
                 &a.att.as_view(),
                 &gw.att.as_view(),
                 &mut gw.qkv.as_view_mut(),
-                &mut gw.scratch.as_view_mut(),
+                &mut k.scratch.as_view_mut(),
                 b,
                 t,
                 heads,
                 hd,
                 (hd as f32).powf(-0.5),
             )?;
-            lin_params(
-                be,
-                gg,
-                p,
-                gr,
-                &mut gw.scratch,
+            k.linear(
                 &format!("{nm}.attn.qkv"),
                 &a.h1.as_view(),
                 &gw.qkv.as_view(),
                 None,
-                bt,
-                c,
-                3 * c,
-            )?;
-            gg.linear_bwd_input::<T, f32>(
-                &gw.qkv.as_view(),
-                &p.w(&format!("{nm}.attn.qkv.weight"))?,
                 &mut head_mut(&mut gw.h, n),
                 bt,
                 c,
                 3 * c,
                 false,
             )?;
-            ln_bwd(
-                be,
-                p,
-                gr,
-                &mut gw.scratch,
+            k.layernorm_add(
                 &format!("{nm}.norm1"),
                 &head(&a.x0, n),
                 &head(&gw.h, n),
-                &mut head_mut(&mut gw.tmp, n),
+                &mut gw.tmp,
+                &mut gw.x,
                 bt,
                 c,
             )?;
-            be.add_fwd(&mut head_mut(&mut gw.x, n), &head(&gw.tmp, n))?;
         }
         // Position embedding, then the patch projection (its input, the image, needs nothing).
         be.pos_embed_bwd(
             &head(&gw.x, n),
-            &mut gr.get_mut(&p.index, "backbone.pos_embed")?,
-            &mut gw.scratch.as_view_mut(),
+            &mut k.gr.get_mut(&p.index, "backbone.pos_embed")?,
+            &mut k.scratch.as_view_mut(),
             b,
             t,
             c,
         )?;
         to_t(be, &head(&gw.x, n), &mut head_mut(&mut gw.branch_t, n))?;
-        let plen = geometry.patch_len();
-        lin_params(
-            be,
-            gg,
-            p,
-            gr,
-            &mut gw.scratch,
+        k.params(
             "backbone.patch_embed.proj",
             &ws.cols.as_view(),
             &gw.branch_t.as_view(),
             Some(&head(&gw.x, n)),
             bt,
-            plen,
+            geometry.patch_len(),
             c,
         )
     }

@@ -2,7 +2,7 @@
 //! linear layers in their three precisions, and one transformer decoder keeping its
 //! activations.
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, CudaView};
 
 use super::params::DevParams;
 use super::{copy, DecActs};
@@ -54,6 +54,41 @@ pub(super) fn norm_into<T: Dtype>(
     }
 }
 
+/// `y = x·Wᵀ (+ b)` for the linear layer `name` on the first `rows` rows of `x` and `y`, with
+/// the weight and the bias (when the layer has one) fetched by `weight` and `bias`.
+#[allow(clippy::too_many_arguments)]
+fn linear_named<'p, TI: Dtype, TO: Dtype>(
+    g: &mut Gemm,
+    has_bias: bool,
+    name: &str,
+    weight: impl Fn(&str) -> Result<CudaView<'p, TI>>,
+    bias: impl Fn(&str) -> Result<CudaView<'p, TO>>,
+    x: &CudaSlice<TI>,
+    y: &mut CudaSlice<TO>,
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+) -> Result<()> {
+    let b = if has_bias {
+        Some(bias(&format!("{name}.bias"))?)
+    } else {
+        None
+    };
+    g.linear::<TI, TO>(
+        &x.slice(..rows * d_in),
+        &weight(&format!("{name}.weight"))?,
+        b.as_ref(),
+        &mut y.slice_mut(..rows * d_out),
+        rows,
+        d_in,
+        d_out,
+    )
+}
+
+fn has_bias<T: Dtype>(p: &DevParams<T>, name: &str) -> bool {
+    p.index.has(&format!("{name}.bias"))
+}
+
 /// `y = x·Wᵀ (+ b)` with T output (bias as the bf16 working copy in bf16 mode).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn lin_tt<T: Dtype>(
@@ -66,21 +101,8 @@ pub(super) fn lin_tt<T: Dtype>(
     d_in: usize,
     d_out: usize,
 ) -> Result<()> {
-    let bn = format!("{name}.bias");
-    let bias = if p.index.has(&bn) {
-        Some(p.w(&bn)?)
-    } else {
-        None
-    };
-    g.linear::<T, T>(
-        &x.slice(..rows * d_in),
-        &p.w(&format!("{name}.weight"))?,
-        bias.as_ref(),
-        &mut y.slice_mut(..rows * d_out),
-        rows,
-        d_in,
-        d_out,
-    )
+    let w = |n: &str| p.w(n);
+    linear_named(g, has_bias(p, name), name, w, w, x, y, rows, d_in, d_out)
 }
 
 /// `y = x·Wᵀ (+ b)` with an f32 output (a residual branch).
@@ -95,21 +117,8 @@ pub(super) fn lin_tf<T: Dtype>(
     d_in: usize,
     d_out: usize,
 ) -> Result<()> {
-    let bn = format!("{name}.bias");
-    let bias = if p.index.has(&bn) {
-        Some(p.f(&bn)?)
-    } else {
-        None
-    };
-    g.linear::<T, f32>(
-        &x.slice(..rows * d_in),
-        &p.w(&format!("{name}.weight"))?,
-        bias.as_ref(),
-        &mut y.slice_mut(..rows * d_out),
-        rows,
-        d_in,
-        d_out,
-    )
+    let (w, f) = (|n: &str| p.w(n), |n: &str| p.f(n));
+    linear_named(g, has_bias(p, name), name, w, f, x, y, rows, d_in, d_out)
 }
 
 /// A head readout in f32 from the fp32 masters.
@@ -124,21 +133,8 @@ pub(super) fn readout<T: Dtype>(
     d_in: usize,
     d_out: usize,
 ) -> Result<()> {
-    let bn = format!("{name}.bias");
-    let bias = if p.index.has(&bn) {
-        Some(p.f(&bn)?)
-    } else {
-        None
-    };
-    g.linear::<f32, f32>(
-        &x.slice(..rows * d_in),
-        &p.f(&format!("{name}.weight"))?,
-        bias.as_ref(),
-        &mut y.slice_mut(..rows * d_out),
-        rows,
-        d_in,
-        d_out,
-    )
+    let f = |n: &str| p.f(n);
+    linear_named(g, has_bias(p, name), name, f, f, x, y, rows, d_in, d_out)
 }
 
 /// The decoder `prefix` (`mano_head` / `uncertainty_head`) over the context tokens, keeping its

@@ -6,7 +6,7 @@ use cudarc::driver::CudaSlice;
 
 use super::super::params::{DevBuffers, DevParams};
 use super::super::{head, head_mut, DecActs, GradWs};
-use super::{lin_params, ln_bwd, to_t};
+use super::{to_t, Ctx};
 use crate::cuda::{cuda_err, CudaBackend, Dtype, GradGemm};
 use crate::error::Result;
 use crate::model::config::ModelConfig;
@@ -32,6 +32,13 @@ pub(super) fn decoder_bwd<T: Dtype>(
     let c = cfg.vit.embed_dim;
     let nd = b * dim;
     let tr = format!("{prefix}.transformer");
+    let mut k = Ctx {
+        be,
+        gg,
+        p,
+        gr,
+        scratch: &mut gw.scratch,
+    };
     for (i, l) in a.layers.iter().enumerate().rev() {
         let n = format!("{tr}.transformer.layers.{i}");
         // Feed-forward branch.
@@ -40,23 +47,11 @@ pub(super) fn decoder_bwd<T: Dtype>(
             .memcpy_dtod(&l.pre, hid)
             .map_err(cuda_err("recomputing the decoder GELU input"))?;
         be.bias_gelu_fwd::<T>(&mut hid.as_view_mut(), None, b, mlp, true)?;
-        lin_params(
-            be,
-            gg,
-            p,
-            gr,
-            &mut gw.scratch,
+        k.linear(
             &format!("{n}.2.fn.net.3"),
             &hid.as_view(),
             &gw.dt.as_view(),
             Some(&head(&gw.dx, nd)),
-            b,
-            mlp,
-            dim,
-        )?;
-        gg.linear_bwd_input::<T, T>(
-            &gw.dt.as_view(),
-            &p.w(&format!("{n}.2.fn.net.3.weight"))?,
             &mut gw.dff.as_view_mut(),
             b,
             mlp,
@@ -64,61 +59,33 @@ pub(super) fn decoder_bwd<T: Dtype>(
             false,
         )?;
         be.gelu_bwd::<T>(&l.pre.as_view(), &mut gw.dff.as_view_mut())?;
-        lin_params(
-            be,
-            gg,
-            p,
-            gr,
-            &mut gw.scratch,
+        k.linear(
             &format!("{n}.2.fn.net.0"),
             &l.hc.as_view(),
             &gw.dff.as_view(),
             None,
-            b,
-            dim,
-            mlp,
-        )?;
-        gg.linear_bwd_input::<T, f32>(
-            &gw.dff.as_view(),
-            &p.w(&format!("{n}.2.fn.net.0.weight"))?,
             &mut gw.dh.as_view_mut(),
             b,
             dim,
             mlp,
             false,
         )?;
-        ln_bwd(
-            be,
-            p,
-            gr,
-            &mut gw.scratch,
+        k.layernorm_add(
             &format!("{n}.2.norm"),
             &l.x2.as_view(),
             &gw.dh.as_view(),
-            &mut gw.dtmp.as_view_mut(),
+            &mut gw.dtmp,
+            &mut gw.dx,
             b,
             dim,
         )?;
-        be.add_fwd(&mut gw.dx.as_view_mut(), &gw.dtmp.as_view())?;
         // Cross-attention branch.
         to_t(be, &head(&gw.dx, nd), &mut head_mut(&mut gw.dt, nd))?;
-        lin_params(
-            be,
-            gg,
-            p,
-            gr,
-            &mut gw.scratch,
+        k.linear(
             &format!("{n}.1.fn.to_out.0"),
             &l.att.as_view(),
             &gw.dt.as_view(),
             Some(&head(&gw.dx, nd)),
-            b,
-            inner,
-            dim,
-        )?;
-        gg.linear_bwd_input::<T, T>(
-            &gw.dt.as_view(),
-            &p.w(&format!("{n}.1.fn.to_out.0.weight"))?,
             &mut gw.datt.as_view_mut(),
             b,
             inner,
@@ -137,84 +104,45 @@ pub(super) fn decoder_bwd<T: Dtype>(
             d.dim_head,
             (d.dim_head as f32).powf(-0.5),
         )?;
-        gg.linear_bwd_input::<T, f32>(
+        // The context gradient accumulates over both decoders and all their layers.
+        k.linear(
+            &format!("{n}.1.fn.to_kv"),
+            &ctx.as_view(),
             &gw.dkv.as_view(),
-            &p.w(&format!("{n}.1.fn.to_kv.weight"))?,
+            None,
             &mut gw.ctx.as_view_mut(),
             b * t,
             c,
             2 * inner,
             true,
         )?;
-        lin_params(
-            be,
-            gg,
-            p,
-            gr,
-            &mut gw.scratch,
-            &format!("{n}.1.fn.to_kv"),
-            &ctx.as_view(),
-            &gw.dkv.as_view(),
-            None,
-            b * t,
-            c,
-            2 * inner,
-        )?;
-        lin_params(
-            be,
-            gg,
-            p,
-            gr,
-            &mut gw.scratch,
+        k.linear(
             &format!("{n}.1.fn.to_q"),
             &l.hb.as_view(),
             &gw.dq.as_view(),
             None,
-            b,
-            dim,
-            inner,
-        )?;
-        gg.linear_bwd_input::<T, f32>(
-            &gw.dq.as_view(),
-            &p.w(&format!("{n}.1.fn.to_q.weight"))?,
             &mut gw.dh.as_view_mut(),
             b,
             dim,
             inner,
             false,
         )?;
-        ln_bwd(
-            be,
-            p,
-            gr,
-            &mut gw.scratch,
+        k.layernorm_add(
             &format!("{n}.1.norm"),
             &l.x1.as_view(),
             &gw.dh.as_view(),
-            &mut gw.dtmp.as_view_mut(),
+            &mut gw.dtmp,
+            &mut gw.dx,
             b,
             dim,
         )?;
-        be.add_fwd(&mut gw.dx.as_view_mut(), &gw.dtmp.as_view())?;
         // Self-attention over one token: only the value rows of to_qkv get a gradient.
         to_t(be, &head(&gw.dx, nd), &mut head_mut(&mut gw.dt, nd))?;
-        lin_params(
-            be,
-            gg,
-            p,
-            gr,
-            &mut gw.scratch,
+        k.linear(
             &format!("{n}.0.fn.to_out.0"),
             &l.v.as_view(),
             &gw.dt.as_view(),
             Some(&head(&gw.dx, nd)),
-            b,
-            inner,
-            dim,
-        )?;
-        gg.linear_bwd_input::<T, T>(
-            &gw.dt.as_view(),
-            &p.w(&format!("{n}.0.fn.to_out.0.weight"))?,
             &mut gw.dv.as_view_mut(),
             b,
             inner,
@@ -223,12 +151,19 @@ pub(super) fn decoder_bwd<T: Dtype>(
         )?;
         let qkv_w = format!("{n}.0.fn.to_qkv.weight");
         {
-            let mut full = gr.get_mut(&p.index, &qkv_w)?;
+            let mut full = k.gr.get_mut(&p.index, &qkv_w)?;
             let mut rows = full.slice_mut(2 * inner * dim..3 * inner * dim);
-            gg.linear_bwd_weight::<T>(&l.ha.as_view(), &gw.dv.as_view(), &mut rows, b, dim, inner)?;
+            k.gg.linear_bwd_weight::<T>(
+                &l.ha.as_view(),
+                &gw.dv.as_view(),
+                &mut rows,
+                b,
+                dim,
+                inner,
+            )?;
         }
         let wv = p.w_rows(&qkv_w, 2 * inner..3 * inner, dim)?;
-        gg.linear_bwd_input::<T, f32>(
+        k.gg.linear_bwd_input::<T, f32>(
             &gw.dv.as_view(),
             &wv,
             &mut gw.dh.as_view_mut(),
@@ -237,19 +172,15 @@ pub(super) fn decoder_bwd<T: Dtype>(
             inner,
             false,
         )?;
-        ln_bwd(
-            be,
-            p,
-            gr,
-            &mut gw.scratch,
+        k.layernorm_add(
             &format!("{n}.0.norm"),
             &l.x0.as_view(),
             &gw.dh.as_view(),
-            &mut gw.dtmp.as_view_mut(),
+            &mut gw.dtmp,
+            &mut gw.dx,
             b,
             dim,
         )?;
-        be.add_fwd(&mut gw.dx.as_view_mut(), &gw.dtmp.as_view())?;
     }
     // The query token (bias + pos_embedding per sample): both get Σ_b dx.
     for name in [
@@ -259,8 +190,8 @@ pub(super) fn decoder_bwd<T: Dtype>(
         if p.index.has(&name) {
             be.bias_grad::<f32>(
                 &head(&gw.dx, nd),
-                &mut gr.get_mut(&p.index, &name)?,
-                &mut gw.scratch.as_view_mut(),
+                &mut k.gr.get_mut(&p.index, &name)?,
+                &mut k.scratch.as_view_mut(),
                 b,
                 dim,
             )?;
