@@ -49,6 +49,7 @@ fn a_short_run_lowers_the_loss() {
         r.model_unc.ausc,
         r.model_unc.ause,
         r.const_unc.ausc,
+        r.curl_correlation,
     ] {
         assert!(v.is_finite(), "{v}");
     }

@@ -1,5 +1,6 @@
-//! The synthetic dataset: random plausible hands (pose within the procedural hand's joint
-//! limits, shape, global rotation, distance), rendered by our rasteriser over textured or noisy
+//! The synthetic dataset: random plausible hands (poses from the prior of `synth::pose`, whose
+//! joints move together as real hands' do, within the procedural hand's joint limits; shape,
+//! global rotation, distance), rendered by our rasteriser over textured or noisy
 //! backgrounds with random light and skin colour, then degraded by nuisances whose strength is
 //! drawn per image — occluding patches over random joints, blur, noise, low contrast — so that
 //! a model's true error varies from image to image and aleatoric uncertainty has something to
@@ -27,7 +28,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::camera::{Camera, HAMER_CROP, HAMER_FOCAL};
-use super::hand::{pose_rotmats, random_pose};
+use super::hand::pose_rotmats;
+use super::pose::natural_pose;
 use super::raster::{render, MeshView, Shading};
 use crate::error::{Error, Result};
 use crate::model::mano::Mano;
@@ -66,7 +68,7 @@ impl SynthConfig {
     /// A short text that changes whenever the generated bits would (the cache key).
     pub fn key(&self) -> String {
         format!(
-            "v4-{}-{}-{}-{}-{}",
+            "v7-{}-{}-{}-{}-{}",
             self.n_train, self.n_test, self.image_px, self.seed, self.nuisance_rate
         )
     }
@@ -136,9 +138,10 @@ impl Draw {
 }
 
 /// A random global orientation (axis-angle): the palm (MANO's −y) turned towards the camera
-/// (four in five hands) or away from it, tilted up to ~35° about a random axis, and spun
-/// in-plane by up to ±40° (fingers roughly up the image, as most hand crops show them). Front and back stay distinguishable (the thumb's side), so the pose is
-/// recoverable from the image.
+/// (four in five hands) or away from it, tilted up to ~35° about a random axis, and turned
+/// in-plane so the fingers (MANO's −x) point up the image give or take 40°, as most hand crops
+/// show them (and as the model's 3:4 portrait window, SPEC §1.2, frames them best). Front and
+/// back stay distinguishable (the thumb's side), so the pose is recoverable from the image.
 fn global_orient(d: &mut Draw) -> [f32; 3] {
     use crate::train::data::{rodrigues, rodrigues_inv};
     let half_pi = std::f64::consts::FRAC_PI_2;
@@ -147,7 +150,7 @@ fn global_orient(d: &mut Draw) -> [f32; 3] {
     let phi = d.range(0.0, std::f32::consts::TAU) as f64;
     let r = (1.0 - z * z).max(0.0).sqrt();
     let tilt = d.range(0.0, 0.6) as f64;
-    let spin = d.range(-0.7, 0.7) as f64;
+    let spin = half_pi + d.range(-0.7, 0.7) as f64;
     let mul = |a: &[f64; 9], b: &[f64; 9]| {
         let mut m = [0f64; 9];
         for i in 0..3 {
@@ -243,16 +246,7 @@ fn blur(img: &mut RgbImage, sigma: f32) {
 /// One sample: hand `i` of the stream `seed`.
 pub fn sample(mano: &Mano, seed: u64, i: u64, px: usize, nuisance_rate: f32) -> Result<Sample> {
     let mut d = Draw::new(seed, i);
-    let mut u = [0f32; 45];
-    for v in u.iter_mut() {
-        *v = d.u();
-    }
-    // Half the hands near the rest pose, half anywhere in the limits: both are common.
-    let relax = if d.u() < 0.5 { d.range(0.0, 0.5) } else { 1.0 };
-    for v in u.iter_mut() {
-        *v = 0.5 + (*v - 0.5) * relax;
-    }
-    let hand_pose = random_pose(&u);
+    let hand_pose = natural_pose(&mut || d.u());
     let mut betas = [0f32; 10];
     for b in betas.iter_mut() {
         *b = (0.8 * d.normal()).clamp(-2.5, 2.5);
@@ -327,7 +321,13 @@ pub fn sample(mano: &Mano, seed: u64, i: u64, px: usize, nuisance_rate: f32) -> 
         }
     }
     let center = [(blo[0] + bhi[0]) / 2.0, (blo[1] + bhi[1]) / 2.0];
-    let box_side = 1.3 * (bhi[0] - blo[0]).max(bhi[1] - blo[1]).max(8.0);
+    // The training crop is the square box (SPEC §1.2: no 3:4 expansion at training) and the
+    // ViT sees its central ¾ columns, so the box is sized for the hand to fit that window:
+    // 1.3× the keypoints' height, or 1.3 × 4/3 × their width.
+    let box_side = 1.3
+        * (bhi[1] - blo[1])
+            .max(4.0 / 3.0 * (bhi[0] - blo[0]))
+            .max(8.0);
     // Nuisances, each with its own strength.
     let mut nz = Nuisance {
         contrast: 1.0,
@@ -440,13 +440,51 @@ impl SynthPaths {
     }
 }
 
-/// Generates the set under `root` unless a complete one with the same configuration is there
-/// (the `.complete` marker holds the configuration key). Returns the paths.
+/// A fingerprint of what the generator makes now for `cfg`: a 64-bit FNV-1a hash of the first
+/// training and the first test sample (image, labels, nuisances). A set cached by an older
+/// generator, or with another hand model, has another fingerprint even where the configuration
+/// key is the same, so it is regenerated instead of silently reused.
+pub fn fingerprint(cfg: &SynthConfig, mano: &Mano) -> Result<String> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for i in [0, cfg.n_train as u64] {
+        let s = sample(mano, cfg.seed, i, cfg.image_px, cfg.nuisance_rate)?;
+        eat(&s.image.data);
+        for v in s
+            .keypoints_3d
+            .iter()
+            .flatten()
+            .chain(&s.vertices)
+            .chain(&s.hand_pose)
+        {
+            eat(&v.to_le_bytes());
+        }
+        for v in s.keypoints_2d.iter().flatten().chain(&s.cam_t) {
+            eat(&v.to_le_bytes());
+        }
+        eat(format!("{:?}", s.nuisance).as_bytes());
+    }
+    Ok(format!("{h:016x}"))
+}
+
+/// Generates the set under `root` unless a complete one with the same configuration and
+/// [`fingerprint`] is there (the `.complete` marker holds both). Returns the paths.
 pub fn generate(root: &Path, cfg: &SynthConfig, mano: &Mano, log: bool) -> Result<SynthPaths> {
     let paths = SynthPaths::new(root);
     let marker = root.join(".complete");
-    if std::fs::read_to_string(&marker).is_ok_and(|k| k.trim() == cfg.key()) {
+    let stamp = format!("{}\n{}", cfg.key(), fingerprint(cfg, mano)?);
+    if std::fs::read_to_string(&marker).is_ok_and(|k| k.trim() == stamp) {
         return Ok(paths);
+    }
+    if log && root.exists() {
+        eprintln!(
+            "synthetic set: {} is incomplete or from another generator version; regenerating",
+            root.display()
+        );
     }
     if root.exists() {
         std::fs::remove_dir_all(root).map_err(|e| Error::io(root, e))?;
@@ -553,7 +591,7 @@ pub fn generate(root: &Path, cfg: &SynthConfig, mano: &Mano, log: bool) -> Resul
         .map(|s| json!({"nuisance": s.nuisance, "cam_t": s.cam_t}))
         .collect();
     write_json(paths.test.join("nuisances.json"), json!(nz))?;
-    std::fs::write(&marker, cfg.key()).map_err(|e| Error::io(&marker, e))?;
+    std::fs::write(&marker, &stamp).map_err(|e| Error::io(&marker, e))?;
     if log {
         eprintln!(
             "synthetic set: {} + {} hands in {:.1} s under {}",

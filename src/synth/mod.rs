@@ -9,4 +9,5 @@ pub mod font;
 pub mod hand;
 pub mod overlay;
 pub mod plot;
+pub mod pose;
 pub mod raster;
