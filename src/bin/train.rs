@@ -23,7 +23,7 @@ train: fine-tune HaMeR + an uncertainty head with hand-written backward passes (
 
 USAGE (the demo: no arguments at all):
   train [--demo] [--steps 2600] [--batch-size 32] [--out demo] [--device auto|cpu|cuda]
-        [--synth-train 12000] [--synth-test 600] [--cache DIR] [--lr 1e-3] [--pictures 8]
+        [--synth-train 12000] [--synth-test 600] [--cache DIR] [--lr 3e-4] [--pictures 8]
       Generates (once, cached under $HANDCOV_CACHE or ~/.cache/handcov) a synthetic set of
       procedural hands rendered by handcov's rasteriser, trains the `tiny` preset with the
       `ours` head from scratch, evaluates it on the held-out split (PA-MPJPE, PA-MPVPE,

@@ -46,7 +46,9 @@ pub struct DemoOptions {
     pub out: PathBuf,
     pub steps: u64,
     pub batch_size: usize,
-    /// Peak learning rate (linear warm-up, then cosine decay to 5 %).
+    /// Peak learning rate (linear warm-up, then cosine decay to 5 %). The default was measured
+    /// at 2600 steps of the default set: PA-MPJPE 18.8 mm at 1e-3, 17.5 at 5e-4, 17.1 at 3e-4,
+    /// 17.2 at 2e-4 (where Pearson fell below 0.3).
     pub lr: f32,
     pub device: DeviceChoice,
     pub threads: usize,
@@ -63,7 +65,7 @@ impl Default for DemoOptions {
             out: PathBuf::from("demo"),
             steps: 2600,
             batch_size: 32,
-            lr: 1e-3,
+            lr: 3e-4,
             device: DeviceChoice::Auto,
             threads: 0,
             seed: 1,
