@@ -209,6 +209,15 @@ impl TensorSource for RandomWeights {
     }
 }
 
+/// The initialisation RNG stream of tensor `name`: the counter RNG keyed by an FNV-1a fold of
+/// the name into `key` (so each tensor's draws depend only on the seed and its name).
+pub(crate) fn init_stream(key: u64, name: &str) -> crate::train::rng::Philox {
+    let key = name
+        .bytes()
+        .fold(key, |k, b| (k ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    crate::train::rng::Philox::new(key, crate::train::rng::STREAM_INIT, 0, 0)
+}
+
 /// PyTorch's default initialisation of a freshly built uncertainty head (SPEC §6): Linear
 /// weights and biases `U(±1/√fan_in)`, `to_token_embedding` `U(±1)` (fan-in 1),
 /// `pos_embedding` ~ N(0, 1), LayerNorm (1, 0); `W` `U(±1/√63)`. Draws from the counter RNG keyed
@@ -233,11 +242,7 @@ impl TensorSource for TorchDefaultInit {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         let leaf = name.rsplit('.').next().unwrap_or(name);
-        let mut key = self.seed ^ 0x5eed_1417;
-        for b in name.bytes() {
-            key = (key ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-        let p = crate::train::rng::Philox::new(key, crate::train::rng::STREAM_INIT, 0, 0);
+        let p = init_stream(self.seed ^ 0x5eed_1417, name);
         let values: Vec<f32> = if name.contains("norm") && leaf == "weight" {
             vec![1.0; n]
         } else if name.contains("norm") && leaf == "bias" {

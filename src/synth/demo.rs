@@ -175,11 +175,7 @@ fn sincos_pos_embed(grid: (usize, usize), dim: usize) -> Vec<f32> {
 /// `n` draws of N(0, std²) truncated to ±2 std (redrawn beyond), from the counter RNG keyed by
 /// (seed, name).
 fn trunc_normal(seed: u64, name: &str, n: usize, std: f32) -> Vec<f32> {
-    let mut key = seed ^ 0x7a11_0002;
-    for b in name.bytes() {
-        key = (key ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    let p = crate::train::rng::Philox::new(key, crate::train::rng::STREAM_INIT, 0, 0);
+    let p = crate::model::layers::init_stream(seed ^ 0x7a11_0002, name);
     let mut k = 0u64;
     (0..n)
         .map(|_| loop {
@@ -330,8 +326,10 @@ pub struct DemoReport {
 /// predicting the median), → 1 as the predicted fingers follow the images.
 pub fn curl_correlation(pred: &PointSets, gt: &PointSets) -> f64 {
     let dist = |s: &[[f64; 3]], tip: usize| {
-        let d: Vec<f64> = (0..3).map(|a| s[tip][a] - s[0][a]).collect();
-        (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt()
+        (0..3)
+            .map(|a| (s[tip][a] - s[0][a]).powi(2))
+            .sum::<f64>()
+            .sqrt()
     };
     let n = pred.n().min(gt.n());
     let r: Vec<f64> = [4, 8, 12, 16, 20]
