@@ -167,8 +167,8 @@ impl Block {
         let x1 = x.to_vec();
         let h2 = ln_fwd(&self.norm2, x, c);
         let pre = lin_fwd(&self.mlp.fc1, &h2);
-        let mut hid = pre.clone();
-        crate::ops::math::gelu_inplace(&mut hid);
+        let mut hid = vec![0f32; pre.len()];
+        crate::ops::math::gelu_par(&pre, &mut hid);
         let mut branch = lin_fwd(&self.mlp.fc2, &hid);
         scale_rows(&mut branch, s * c, &dp[1]);
         add(x, &branch);
@@ -390,8 +390,8 @@ impl TransformerDecoder {
             let x2 = x.clone();
             let hc = ln_fwd(&l.ff.norm, &x, self.dim);
             let pre = lin_fwd(&l.ff.net0, &hc);
-            let mut hid = pre.clone();
-            crate::ops::math::gelu_inplace(&mut hid);
+            let mut hid = vec![0f32; pre.len()];
+            crate::ops::math::gelu_par(&pre, &mut hid);
             add(&mut x, &lin_fwd(&l.ff.net3, &hid));
             layers.push(DecLayerActs {
                 x0,

@@ -19,18 +19,35 @@ pub fn layernorm_fwd_cpu(
     out.par_chunks_mut(cols)
         .zip(x.par_chunks(cols))
         .for_each(|(o, r)| {
-            let n = cols as f64;
-            let mean = r.iter().map(|&v| v as f64).sum::<f64>() / n;
-            let var = r
-                .iter()
-                .map(|&v| (v as f64 - mean) * (v as f64 - mean))
-                .sum::<f64>()
-                / n;
-            let inv = 1.0 / (var + eps as f64).sqrt();
-            for j in 0..cols {
-                o[j] = (((r[j] as f64 - mean) * inv) as f32) * gamma[j] + beta[j];
+            let (mean, inv) = row_stats(r, eps);
+            for ((o, &v), (&g, &b)) in o.iter_mut().zip(r).zip(gamma.iter().zip(beta)) {
+                *o = (((v as f64 - mean) * inv) as f32) * g + b;
             }
         });
+}
+
+/// Σ of `f(v)` over a row in f64, in eight interleaved partial sums (so that it vectorises;
+/// the order is fixed, so the result is too).
+#[inline(always)]
+fn sum8(r: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = r.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v as f64);
+        }
+    }
+    acc.iter().sum::<f64>() + tail.iter().map(|&v| f(v as f64)).sum::<f64>()
+}
+
+/// A row's mean and 1/√(var + eps), two-pass in f64 (population variance, as PyTorch).
+#[inline(always)]
+fn row_stats(r: &[f32], eps: f32) -> (f64, f64) {
+    let n = r.len() as f64;
+    let mean = sum8(r, |v| v) / n;
+    let var = sum8(r, |v| (v - mean) * (v - mean)) / n;
+    (mean, 1.0 / (var + eps as f64).sqrt())
 }
 
 /// LayerNorm of a tensor over its last dimension.
@@ -89,28 +106,29 @@ pub fn layernorm_bwd_cpu(
                 .zip(xb.chunks(cols))
                 .zip(dyb.chunks(cols))
             {
-                let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / n;
-                let var = xr
-                    .iter()
-                    .map(|&v| (v as f64 - mean) * (v as f64 - mean))
-                    .sum::<f64>()
-                    / n;
-                let inv = 1.0 / (var + eps as f64).sqrt();
-                let (mut sum_g, mut sum_gx) = (0f64, 0f64);
-                for j in 0..cols {
-                    let xh = (xr[j] as f64 - mean) * inv;
-                    xhat[j] = xh;
-                    let d = dyr[j] as f64;
-                    part[j] += d * xh;
-                    part[cols + j] += d;
-                    let g = d * gamma[j] as f64;
-                    sum_g += g;
-                    sum_gx += g * xh;
+                let (mean, inv) = row_stats(xr, eps);
+                let (pg, pb) = part.split_at_mut(cols);
+                for (((xh, &v), &d), (pg, pb)) in xhat
+                    .iter_mut()
+                    .zip(xr)
+                    .zip(dyr)
+                    .zip(pg.iter_mut().zip(pb.iter_mut()))
+                {
+                    *xh = (v as f64 - mean) * inv;
+                    *pg += d as f64 * *xh;
+                    *pb += d as f64;
                 }
-                let (mg, mgx) = (sum_g / n, sum_gx / n);
-                for j in 0..cols {
-                    let g = dyr[j] as f64 * gamma[j] as f64;
-                    dxr[j] = (inv * (g - mg - xhat[j] * mgx)) as f32;
+                // Σ_j g_j and Σ_j g_j·x̂_j with g = dy·γ, in eight partial sums each.
+                let (mut sg, mut sgx) = ([0f64; 8], [0f64; 8]);
+                for (j, ((&d, &gm), &xh)) in dyr.iter().zip(gamma).zip(xhat.iter()).enumerate() {
+                    let g = d as f64 * gm as f64;
+                    sg[j % 8] += g;
+                    sgx[j % 8] += g * xh;
+                }
+                let (mg, mgx) = (sg.iter().sum::<f64>() / n, sgx.iter().sum::<f64>() / n);
+                for (((dx, &d), &gm), &xh) in dxr.iter_mut().zip(dyr).zip(gamma).zip(xhat.iter()) {
+                    let g = d as f64 * gm as f64;
+                    *dx = (inv * (g - mg - xh * mgx)) as f32;
                 }
             }
             part

@@ -83,6 +83,17 @@ pub fn gelu_inplace(v: &mut [f32]) {
     map_inplace(v, gelu)
 }
 
+/// `y = GELU(x)` element-wise, split over the thread pool in fixed chunks (the result does not
+/// depend on the split).
+pub fn gelu_par(x: &[f32], y: &mut [f32]) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    debug_assert_eq!(x.len(), y.len());
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, p)| zip_map_inplace(o, p, |_, x| gelu(x)));
+}
+
 /// GELU with the exact error function (PyTorch's default `approximate='none'`):
 /// `x·Φ(x) = ½·x·erfc(−x/√2)`, in f32 with the erfc below (relative error ~1e-7 everywhere,
 /// also in the far negative tail where `1 + erf` would cancel).

@@ -4,6 +4,7 @@
 //! gradients by their global L2 norm.
 
 use crate::model::backward::Grads;
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug)]
@@ -40,14 +41,26 @@ pub struct AdamW {
     pub exp_avg_sq: BTreeMap<String, Vec<f32>>,
 }
 
-/// Global L2 norm of all gradients (f64 accumulation).
+/// Global L2 norm of all gradients (f64 accumulation). Each tensor's sum of squares is taken
+/// on the thread pool (eight interleaved partial sums, so that it vectorises), and the per-tensor
+/// sums are added in name order: the result does not depend on the thread count.
 pub fn global_norm(g: &Grads) -> f64 {
-    g.map
-        .values()
-        .flat_map(|v| v.iter())
-        .map(|&x| (x as f64) * (x as f64))
-        .sum::<f64>()
-        .sqrt()
+    let per: Vec<f64> = g
+        .map
+        .par_iter()
+        .map(|(_, v)| {
+            let mut acc = [0f64; 8];
+            let chunks = v.chunks_exact(8);
+            let tail = chunks.remainder();
+            for c in chunks {
+                for (a, &x) in acc.iter_mut().zip(c) {
+                    *a += (x as f64) * (x as f64);
+                }
+            }
+            acc.iter().sum::<f64>() + tail.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()
+        })
+        .collect();
+    per.iter().sum::<f64>().sqrt()
 }
 
 impl AdamW {
@@ -84,6 +97,10 @@ impl AdamW {
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         let step_size = c.lr / bc1;
         let bc2_sqrt = bc2.sqrt();
+        // Every tensor's update is an independent element-wise pass, run on the thread pool
+        // (the same arithmetic as a serial loop). Moments are created on first use, and are
+        // taken out of their maps for the pass and put back after it.
+        let mut jobs = Vec::new();
         for (name, p) in params {
             let Some(g) = grads.map.get(&name) else {
                 continue;
@@ -91,22 +108,28 @@ impl AdamW {
             if g.len() != p.len() {
                 continue;
             }
-            let m = self
-                .exp_avg
-                .entry(name.clone())
-                .or_insert_with(|| vec![0.0; p.len()]);
-            let v = self
-                .exp_avg_sq
-                .entry(name)
-                .or_insert_with(|| vec![0.0; p.len()]);
-            for i in 0..p.len() {
-                let gi = g[i] * clip;
-                p[i] *= 1.0 - c.lr * c.weight_decay;
-                m[i] = m[i] * c.beta1 + (1.0 - c.beta1) * gi;
-                v[i] = v[i] * c.beta2 + (1.0 - c.beta2) * gi * gi;
-                let denom = v[i].sqrt() / bc2_sqrt + c.eps;
-                p[i] -= step_size * m[i] / denom;
+            let moment = |map: &mut BTreeMap<String, Vec<f32>>| match map.remove(&name) {
+                Some(m) if m.len() == p.len() => m,
+                _ => vec![0.0; p.len()],
+            };
+            let (m, v) = (moment(&mut self.exp_avg), moment(&mut self.exp_avg_sq));
+            jobs.push((name, p, g, m, v));
+        }
+        let (lr, wd, b1, b2, eps) = (c.lr, c.weight_decay, c.beta1, c.beta2, c.eps);
+        jobs.par_iter_mut().for_each(|(_, p, g, m, v)| {
+            let it = p.iter_mut().zip(g.iter()).zip(m.iter_mut()).zip(v.iter_mut());
+            for (((p, &g), m), v) in it {
+                let gi = g * clip;
+                *p *= 1.0 - lr * wd;
+                *m = *m * b1 + (1.0 - b1) * gi;
+                *v = *v * b2 + (1.0 - b2) * gi * gi;
+                let denom = v.sqrt() / bc2_sqrt + eps;
+                *p -= step_size * *m / denom;
             }
+        });
+        for (name, _, _, m, v) in jobs {
+            self.exp_avg.insert(name.clone(), m);
+            self.exp_avg_sq.insert(name, v);
         }
     }
 }

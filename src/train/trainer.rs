@@ -88,7 +88,10 @@ pub struct Trainer {
 }
 
 fn finite(g: &Grads) -> bool {
-    g.map.values().all(|v| v.iter().all(|x| x.is_finite()))
+    use rayon::prelude::*;
+    g.map
+        .par_iter()
+        .all(|(_, v)| v.iter().fold(true, |ok, x| ok & x.is_finite()))
 }
 
 /// The discriminator's loss and gradients are finite (or there are none).
