@@ -16,7 +16,7 @@ use crate::ops::drop_path::scale_rows;
 use crate::ops::layernorm::{layernorm_bwd_cpu, layernorm_fwd_cpu};
 use crate::ops::linear::{linear_bwd_cpu, linear_cpu, Epilogue};
 use crate::ops::math::gelu_bwd_inplace;
-use crate::ops::patch_embed::patch_embed_bwd_cpu;
+use crate::ops::patch_embed::{im2col, patch_embed_bwd_cols_cpu, patch_embed_cols_cpu};
 use std::collections::BTreeMap;
 
 /// Parameter gradients by state-dict name (f32, the parameter's shape flattened).
@@ -145,7 +145,8 @@ pub struct BlockActs {
 }
 
 pub struct VitActs {
-    img: Vec<f32>,
+    /// The patch embedding's im2col (its weight gradient needs nothing else of the image).
+    cols: Vec<f32>,
     b: usize,
     blocks: Vec<BlockActs>,
     x_final: Vec<f32>,
@@ -259,9 +260,9 @@ impl Vit {
         let g = &self.patch_embed.geometry;
         let (t, c) = (g.rows * g.cols, self.embed_dim);
         let mut x = vec![0f32; b * t * c];
-        crate::ops::patch_embed::patch_embed_cpu(
-            img,
-            b,
+        let cols = im2col(img, b, g);
+        patch_embed_cols_cpu(
+            &cols,
             g,
             self.patch_embed.proj_weight.data(),
             self.patch_embed.proj_bias.data(),
@@ -271,8 +272,10 @@ impl Vit {
         let pos = self.pos_embed.data();
         let (slot0, slots) = pos.split_at(c);
         for tok in x.chunks_mut(t * c) {
-            for (i, v) in tok.iter_mut().enumerate() {
-                *v = (*v + slots[i]) + slot0[i % c];
+            for (row, slot) in tok.chunks_mut(c).zip(slots.chunks(c)) {
+                for ((v, &p), &p0) in row.iter_mut().zip(slot).zip(slot0) {
+                    *v = (*v + p) + p0;
+                }
             }
         }
         let blocks = self
@@ -285,7 +288,7 @@ impl Vit {
         (
             tokens,
             VitActs {
-                img: img.to_vec(),
+                cols,
                 b,
                 blocks,
                 x_final: x,
@@ -311,16 +314,19 @@ impl Vit {
         }
         // Position embedding: slot 1+t gets Σ_b dx[b, t]; slot 0 gets Σ_b Σ_t dx[b, t].
         let dpos = g.get("backbone.pos_embed", (1 + t) * c);
+        let (d0, dslots) = dpos.split_at_mut(c);
         for tok in dx.chunks(t * c) {
-            for (i, v) in tok.iter().enumerate() {
-                dpos[c + i] += v;
-                dpos[i % c] += v;
+            for (row, dslot) in tok.chunks(c).zip(dslots.chunks_mut(c)) {
+                for ((&v, ds), d0) in row.iter().zip(dslot.iter_mut()).zip(d0.iter_mut()) {
+                    *ds += v;
+                    *d0 += v;
+                }
             }
         }
         let plen = geo.patch_len();
         let mut dw = g.take("backbone.patch_embed.proj.weight", c * plen);
         let mut dbias = g.take("backbone.patch_embed.proj.bias", c);
-        patch_embed_bwd_cpu(&a.img, b, geo, &dx, c, &mut dw, &mut dbias);
+        patch_embed_bwd_cols_cpu(&a.cols, geo, &dx, c, &mut dw, &mut dbias);
         g.put("backbone.patch_embed.proj.weight", dw);
         g.put("backbone.patch_embed.proj.bias", dbias);
     }

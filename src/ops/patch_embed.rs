@@ -45,13 +45,15 @@ pub fn im2col_cpu(img: &[f32], b: usize, g: &PatchGeometry, out: &mut [f32]) {
                     dst.fill(0.0);
                     continue;
                 }
-                for (kx, d) in dst.iter_mut().enumerate() {
-                    let x = (tj * p + kx) as isize - g.pad as isize;
-                    *d = if x < 0 || x >= g.win_w as isize {
-                        0.0
-                    } else {
-                        plane[y as usize * s + g.col0 + x as usize]
-                    };
+                // Columns inside the window form one contiguous run of the image row.
+                let x0 = (tj * p) as isize - g.pad as isize;
+                let lo = (-x0).clamp(0, p as isize) as usize;
+                let hi = (g.win_w as isize - x0).clamp(lo as isize, p as isize) as usize;
+                dst[..lo].fill(0.0);
+                dst[hi..].fill(0.0);
+                if hi > lo {
+                    let src = y as usize * s + g.col0 + (x0 + lo as isize) as usize;
+                    dst[lo..hi].copy_from_slice(&plane[src..src + (hi - lo)]);
                 }
             }
         }
@@ -68,10 +70,28 @@ pub fn patch_embed_cpu(
     c: usize,
     out: &mut [f32],
 ) {
+    let cols = im2col(img, b, g);
+    patch_embed_cols_cpu(&cols, g, weight, bias, c, out);
+}
+
+/// The im2col of `img` in a new buffer `[b·rows·cols, 3·P·P]`.
+pub fn im2col(img: &[f32], b: usize, g: &PatchGeometry) -> Vec<f32> {
     let mut cols = vec![0f32; b * g.rows * g.cols * g.patch_len()];
     im2col_cpu(img, b, g, &mut cols);
+    cols
+}
+
+/// The patch embedding from its im2col ([`im2col`]): training keeps `cols` for the backward.
+pub fn patch_embed_cols_cpu(
+    cols: &[f32],
+    g: &PatchGeometry,
+    weight: &[f32],
+    bias: &[f32],
+    c: usize,
+    out: &mut [f32],
+) {
     linear_cpu(
-        &cols,
+        cols,
         weight,
         Some(bias),
         g.patch_len(),
@@ -94,9 +114,19 @@ pub fn patch_embed_bwd_cpu(
     dbias: &mut [f32],
 ) {
     debug_assert_eq!(dout.len(), b * g.rows * g.cols * c);
-    let mut cols = vec![0f32; b * g.rows * g.cols * g.patch_len()];
-    im2col_cpu(img, b, g, &mut cols);
-    linear_bwd_params_cpu(&cols, dout, g.patch_len(), c, dweight, Some(dbias));
+    patch_embed_bwd_cols_cpu(&im2col(img, b, g), g, dout, c, dweight, dbias);
+}
+
+/// [`patch_embed_bwd_cpu`] from the forward's im2col.
+pub fn patch_embed_bwd_cols_cpu(
+    cols: &[f32],
+    g: &PatchGeometry,
+    dout: &[f32],
+    c: usize,
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+) {
+    linear_bwd_params_cpu(cols, dout, g.patch_len(), c, dweight, Some(dbias));
 }
 
 #[cfg(test)]
