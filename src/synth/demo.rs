@@ -703,12 +703,22 @@ mod tests {
         let (mut want_v, mut want_kp) = (vec![0f32; verts.len()], vec![0f32; kp.len()]);
         mano_fwd_cpu(&mano.data(), &rot, &betas, 1, &mut want_v, &mut want_kp);
         let max_diff = |a: &[f32], b: &[f32]| {
-            a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
         };
-        assert!(max_diff(&kp, &want_kp) < 1e-6, "{}", max_diff(&kp, &want_kp));
+        assert!(
+            max_diff(&kp, &want_kp) < 1e-6,
+            "{}",
+            max_diff(&kp, &want_kp)
+        );
         assert!(max_diff(&verts, &want_v) < 1e-6);
         // A full-size hand: the middle fingertip lies more than 5 cm from the wrist.
-        let d = (0..3).map(|a| (kp[12 * 3 + a] - kp[a]).powi(2)).sum::<f32>().sqrt();
+        let d = (0..3)
+            .map(|a| (kp[12 * 3 + a] - kp[a]).powi(2))
+            .sum::<f32>()
+            .sqrt();
         assert!(d > 0.05, "{d}");
         std::fs::remove_dir_all(&dir).ok();
     }

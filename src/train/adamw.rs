@@ -117,7 +117,11 @@ impl AdamW {
         }
         let (lr, wd, b1, b2, eps) = (c.lr, c.weight_decay, c.beta1, c.beta2, c.eps);
         jobs.par_iter_mut().for_each(|(_, p, g, m, v)| {
-            let it = p.iter_mut().zip(g.iter()).zip(m.iter_mut()).zip(v.iter_mut());
+            let it = p
+                .iter_mut()
+                .zip(g.iter())
+                .zip(m.iter_mut())
+                .zip(v.iter_mut());
             for (((p, &g), m), v) in it {
                 let gi = g * clip;
                 *p *= 1.0 - lr * wd;
