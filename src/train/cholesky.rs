@@ -7,16 +7,31 @@ use crate::error::{Error, Result};
 use crate::ops::covariance::tril_inverse;
 use rayon::prelude::*;
 
+/// Σ_i a_i·b_i in f64 with eight interleaved partial sums (vectorises; fixed order).
+pub(crate) fn dot8(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
 /// Cholesky–Banachiewicz: `l` ← the lower factor of `a` (`a = l·lᵀ`), reading only the lower
 /// triangle of `a`. On a pivot that is not > 0 (not positive definite, or NaN) returns `Err(k)`
 /// with its index; `l` is then partially written.
 pub fn cholesky_into_f64(a: &[f64], n: usize, l: &mut [f64]) -> std::result::Result<(), usize> {
     for i in 0..n {
         for j in 0..=i {
-            let mut acc = a[i * n + j];
-            for k in 0..j {
-                acc -= l[i * n + k] * l[j * n + k];
-            }
+            let acc = a[i * n + j] - dot8(&l[i * n..i * n + j], &l[j * n..j * n + j]);
             if i == j {
                 // Not positive, or NaN.
                 if acc.is_nan() || acc <= 0.0 {
@@ -128,13 +143,17 @@ pub fn cholesky_logdet_f64(l: &[f64], n: usize) -> f64 {
 /// `P_ab = Σ_{k ≥ max(a,b)} m_ka·m_kb`.
 pub fn cholesky_inverse_f64(l: &[f64], n: usize) -> Vec<f64> {
     let m = tril_inverse(l, n);
+    // P = MᵀM: with Mᵀ's rows, entry (a, b) is a dot product of two contiguous runs.
+    let mut mt = vec![0f64; n * n];
+    for k in 0..n {
+        for a in 0..=k {
+            mt[a * n + k] = m[k * n + a];
+        }
+    }
     let mut p = vec![0f64; n * n];
     for a in 0..n {
         for b in 0..=a {
-            let mut acc = 0f64;
-            for k in a..n {
-                acc += m[k * n + a] * m[k * n + b];
-            }
+            let acc = dot8(&mt[a * n + a..(a + 1) * n], &mt[b * n + a..(b + 1) * n]);
             p[a * n + b] = acc;
             p[b * n + a] = acc;
         }

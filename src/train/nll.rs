@@ -6,7 +6,7 @@
 //! in batch order, so the value is bit-reproducible. Input gradients are OVERWRITTEN with
 //! `scale · ∂L/∂x`; the gradient of `W` (a parameter) is ACCUMULATED.
 
-use super::cholesky::{cholesky_into_f64, cholesky_inverse_f64, cholesky_logdet_f64};
+use super::cholesky::{cholesky_into_f64, cholesky_inverse_f64, cholesky_logdet_f64, dot8};
 use super::losses::JOINTS;
 use super::{batch_of, expect_len, Scalar};
 use crate::error::{Error, Result};
@@ -205,6 +205,19 @@ pub fn sample_mean<T: Scalar>(
     }
     let want_dw = d_w.is_some();
     let inv_n = 1.0 / n as f64;
+    // W in f64, row-major and transposed, so that both products below are runs of
+    // contiguous multiply-adds over a whole vector (each sum still taken in the order of its
+    // index, as a dot product would).
+    let w64: Option<Vec<f64>> = w.map(|w| w.iter().map(|v| v.to_f64()).collect());
+    let wt64: Option<Vec<f64>> = w64.as_ref().map(|w| {
+        let mut t = vec![0f64; DIM * DIM];
+        for i in 0..DIM {
+            for d in 0..DIM {
+                t[d * DIM + i] = w[i * DIM + d];
+            }
+        }
+        t
+    });
     let per: Vec<(f64, Option<Vec<f64>>)> = d_mu
         .par_chunks_mut(DIM)
         .zip(d_s.par_chunks_mut(DIM))
@@ -230,32 +243,45 @@ pub fn sample_mean<T: Scalar>(
                 for d in 0..DIM {
                     z[d] = sd[d] * e[d].to_f64();
                 }
+                // wz = W·z.
+                let wz = match &wt64 {
+                    Some(wt) => {
+                        let mut wz = [0f64; DIM];
+                        for (col, &zd) in wt.chunks_exact(DIM).zip(&z) {
+                            for (acc, &wv) in wz.iter_mut().zip(col) {
+                                *acc += wv * zd;
+                            }
+                        }
+                        wz
+                    }
+                    None => z,
+                };
                 for i in 0..DIM {
-                    let wz = match w {
-                        Some(w) => (0..DIM)
-                            .map(|d| w[i * DIM + d].to_f64() * z[d])
-                            .sum::<f64>(),
-                        None => z[i],
-                    };
-                    let err = m[i].to_f64() + wz - target(g, i);
+                    let err = m[i].to_f64() + wz[i] - target(g, i);
                     value += c[i] * err * err * inv_n;
                     a[i] = scale * 2.0 * c[i] * err * inv_n;
                     dmu[i] += a[i];
                 }
                 // dz = Wᵀ·a; ds_d += ½·dz_d·z_d; dW += a·zᵀ.
+                let dz = match &w64 {
+                    Some(w) => {
+                        let mut dz = [0f64; DIM];
+                        for (row, &ai) in w.chunks_exact(DIM).zip(&a) {
+                            for (acc, &wv) in dz.iter_mut().zip(row) {
+                                *acc += wv * ai;
+                            }
+                        }
+                        dz
+                    }
+                    None => a,
+                };
                 for d in 0..DIM {
-                    let dz = match w {
-                        Some(w) => (0..DIM)
-                            .map(|i| w[i * DIM + d].to_f64() * a[i])
-                            .sum::<f64>(),
-                        None => a[d],
-                    };
-                    dsv[d] += 0.5 * dz * z[d];
+                    dsv[d] += 0.5 * dz[d] * z[d];
                 }
                 if let Some(dw) = dw.as_mut() {
-                    for i in 0..DIM {
-                        for d in 0..DIM {
-                            dw[i * DIM + d] += a[i] * z[d];
+                    for (row, &ai) in dw.chunks_exact_mut(DIM).zip(&a) {
+                        for (acc, &zd) in row.iter_mut().zip(&z) {
+                            *acc += ai * zd;
                         }
                     }
                 }
@@ -333,13 +359,11 @@ pub fn nll_exact_lowrank<T: Scalar>(
                 .map(|v| v.to_f64().exp())
                 .collect();
             // Σ = (W·E)·Wᵀ + jitter·I (lower triangle is all the factorisation reads).
+            let we: Vec<f64> = (0..DIM * DIM).map(|jd| wf[jd] * e[jd % DIM]).collect();
             let mut sigma = vec![0f64; DIM * DIM];
             for j in 0..DIM {
                 for k in 0..=j {
-                    let mut acc = 0f64;
-                    for d in 0..DIM {
-                        acc += wf[j * DIM + d] * e[d] * wf[k * DIM + d];
-                    }
+                    let acc = dot8(&we[j * DIM..(j + 1) * DIM], &wf[k * DIM..(k + 1) * DIM]);
                     sigma[j * DIM + k] = acc + if j == k { jitter } else { 0.0 };
                 }
             }
