@@ -1,6 +1,7 @@
 //! LayerNorm over the last dimension: `y = (x − mean) / sqrt(var + eps) · γ + β`, biased variance
 //! (PyTorch `nn.LayerNorm`). Statistics in f64 on the CPU so the twin is a tight reference.
 
+use super::math::sum_f64;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -26,27 +27,12 @@ pub fn layernorm_fwd_cpu(
         });
 }
 
-/// Σ of `f(v)` over a row in f64, in eight interleaved partial sums (so that it vectorises;
-/// the order is fixed, so the result is too).
-#[inline(always)]
-fn sum8(r: &[f32], f: impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0f64; 8];
-    let chunks = r.chunks_exact(8);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += f(v as f64);
-        }
-    }
-    acc.iter().sum::<f64>() + tail.iter().map(|&v| f(v as f64)).sum::<f64>()
-}
-
 /// A row's mean and 1/√(var + eps), two-pass in f64 (population variance, as PyTorch).
 #[inline(always)]
 fn row_stats(r: &[f32], eps: f32) -> (f64, f64) {
     let n = r.len() as f64;
-    let mean = sum8(r, |v| v) / n;
-    let var = sum8(r, |v| (v - mean) * (v - mean)) / n;
+    let mean = sum_f64(r, |v| v) / n;
+    let var = sum_f64(r, |v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps as f64).sqrt())
 }
 

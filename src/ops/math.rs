@@ -83,6 +83,44 @@ pub fn gelu_inplace(v: &mut [f32]) {
     map_inplace(v, gelu)
 }
 
+/// Σ f(x_i) over `x` in f64, in eight interleaved partial sums: the loop vectorises, and the
+/// order is fixed by the slice alone (the same result on every machine and thread count).
+#[inline(always)]
+pub fn sum_f64(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let c: &[f32; 8] = c.try_into().expect("a chunk of 8");
+        for l in 0..8 {
+            acc[l] += f(c[l] as f64);
+        }
+    }
+    acc.iter().sum::<f64>() + tail.iter().map(|&v| f(v as f64)).sum::<f64>()
+}
+
+/// Σ a_i·b_i in f64 over two slices of the same length, in eight interleaved partial sums (as
+/// [`sum_f64`]).
+#[inline(always)]
+pub fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        let (x, y): (&[f64; 8], &[f64; 8]) = (x.try_into().expect("8"), y.try_into().expect("8"));
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
 /// `y = GELU(x)` element-wise, split over the thread pool in fixed chunks (the result does not
 /// depend on the split).
 pub fn gelu_par(x: &[f32], y: &mut [f32]) {
@@ -236,6 +274,20 @@ pub(crate) mod fd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The eight-way sums agree with a plain f64 loop for every tail length (0..8 left over).
+    #[test]
+    fn eight_way_sums_match_a_plain_loop() {
+        for n in 0..27 {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3).collect();
+            let a: Vec<f64> = x.iter().map(|&v| v as f64 * 1.7).collect();
+            let b: Vec<f64> = x.iter().rev().map(|&v| v as f64 - 0.2).collect();
+            let want_sq: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            let want_dot: f64 = a.iter().zip(&b).map(|(p, q)| p * q).sum();
+            assert!((sum_f64(&x, |v| v * v) - want_sq).abs() <= 1e-12 * (1.0 + want_sq.abs()));
+            assert!((dot_f64(&a, &b) - want_dot).abs() <= 1e-12 * (1.0 + want_dot.abs()));
+        }
+    }
 
     #[test]
     fn erf_matches_known_values() {

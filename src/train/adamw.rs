@@ -4,6 +4,7 @@
 //! gradients by their global L2 norm.
 
 use crate::model::backward::Grads;
+use crate::ops::math::sum_f64;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
@@ -42,23 +43,13 @@ pub struct AdamW {
 }
 
 /// Global L2 norm of all gradients (f64 accumulation). Each tensor's sum of squares is taken
-/// on the thread pool (eight interleaved partial sums, so that it vectorises), and the per-tensor
-/// sums are added in name order: the result does not depend on the thread count.
+/// on the thread pool ([`sum_f64`]), and the per-tensor sums are added in name order: the
+/// result does not depend on the thread count.
 pub fn global_norm(g: &Grads) -> f64 {
     let per: Vec<f64> = g
         .map
         .par_iter()
-        .map(|(_, v)| {
-            let mut acc = [0f64; 8];
-            let chunks = v.chunks_exact(8);
-            let tail = chunks.remainder();
-            for c in chunks {
-                for (a, &x) in acc.iter_mut().zip(c) {
-                    *a += (x as f64) * (x as f64);
-                }
-            }
-            acc.iter().sum::<f64>() + tail.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()
-        })
+        .map(|(_, v)| sum_f64(v, |x| x * x))
         .collect();
     per.iter().sum::<f64>().sqrt()
 }

@@ -5,25 +5,8 @@
 
 use crate::error::{Error, Result};
 use crate::ops::covariance::tril_inverse;
+use crate::ops::math::dot_f64;
 use rayon::prelude::*;
-
-/// Σ_i a_i·b_i in f64 with eight interleaved partial sums (vectorises; fixed order).
-pub(crate) fn dot8(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f64 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f64>() + tail
-}
 
 /// Cholesky–Banachiewicz: `l` ← the lower factor of `a` (`a = l·lᵀ`), reading only the lower
 /// triangle of `a`. On a pivot that is not > 0 (not positive definite, or NaN) returns `Err(k)`
@@ -31,7 +14,7 @@ pub(crate) fn dot8(a: &[f64], b: &[f64]) -> f64 {
 pub fn cholesky_into_f64(a: &[f64], n: usize, l: &mut [f64]) -> std::result::Result<(), usize> {
     for i in 0..n {
         for j in 0..=i {
-            let acc = a[i * n + j] - dot8(&l[i * n..i * n + j], &l[j * n..j * n + j]);
+            let acc = a[i * n + j] - dot_f64(&l[i * n..i * n + j], &l[j * n..j * n + j]);
             if i == j {
                 // Not positive, or NaN.
                 if acc.is_nan() || acc <= 0.0 {
@@ -153,7 +136,7 @@ pub fn cholesky_inverse_f64(l: &[f64], n: usize) -> Vec<f64> {
     let mut p = vec![0f64; n * n];
     for a in 0..n {
         for b in 0..=a {
-            let acc = dot8(&mt[a * n + a..(a + 1) * n], &mt[b * n + a..(b + 1) * n]);
+            let acc = dot_f64(&mt[a * n + a..(a + 1) * n], &mt[b * n + a..(b + 1) * n]);
             p[a * n + b] = acc;
             p[b * n + a] = acc;
         }

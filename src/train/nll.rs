@@ -6,11 +6,12 @@
 //! in batch order, so the value is bit-reproducible. Input gradients are OVERWRITTEN with
 //! `scale · ∂L/∂x`; the gradient of `W` (a parameter) is ACCUMULATED.
 
-use super::cholesky::{cholesky_into_f64, cholesky_inverse_f64, cholesky_logdet_f64, dot8};
+use super::cholesky::{cholesky_into_f64, cholesky_inverse_f64, cholesky_logdet_f64};
 use super::losses::JOINTS;
 use super::{batch_of, expect_len, Scalar};
 use crate::error::{Error, Result};
 use crate::ops::covariance::{DIM, TRIL};
+use crate::ops::math::dot_f64;
 use rayon::prelude::*;
 
 /// `1/(e^s + 1e-6)` and `e^s/(e^s + 1e-6)`, stable for every finite `s`.
@@ -363,7 +364,7 @@ pub fn nll_exact_lowrank<T: Scalar>(
             let mut sigma = vec![0f64; DIM * DIM];
             for j in 0..DIM {
                 for k in 0..=j {
-                    let acc = dot8(&we[j * DIM..(j + 1) * DIM], &wf[k * DIM..(k + 1) * DIM]);
+                    let acc = dot_f64(&we[j * DIM..(j + 1) * DIM], &wf[k * DIM..(k + 1) * DIM]);
                     sigma[j * DIM + k] = acc + if j == k { jitter } else { 0.0 };
                 }
             }
