@@ -22,7 +22,7 @@ const HELP: &str = "\
 train: fine-tune HaMeR + an uncertainty head with hand-written backward passes (CPU or GPU)
 
 USAGE (the demo: no arguments at all):
-  train [--demo] [--steps 2600] [--batch-size 32] [--out demo] [--device auto|cpu|cuda]
+  train [--demo] [--steps 3400] [--batch-size 32] [--out demo] [--device auto|cpu|cuda]
         [--synth-train 12000] [--synth-test 600] [--cache DIR] [--lr 3e-4] [--pictures 8]
       Generates (once, cached under $HANDCOV_CACHE or ~/.cache/handcov) a synthetic set of
       procedural hands rendered by handcov's rasteriser, trains the `tiny` preset with the
