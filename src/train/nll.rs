@@ -244,17 +244,9 @@ pub fn sample_mean<T: Scalar>(
                 for d in 0..DIM {
                     z[d] = sd[d] * e[d].to_f64();
                 }
-                // wz = W·z.
+                // wz = W·z = (Wᵀ)ᵀ·z.
                 let wz = match &wt64 {
-                    Some(wt) => {
-                        let mut wz = [0f64; DIM];
-                        for (col, &zd) in wt.chunks_exact(DIM).zip(&z) {
-                            for (acc, &wv) in wz.iter_mut().zip(col) {
-                                *acc += wv * zd;
-                            }
-                        }
-                        wz
-                    }
+                    Some(wt) => weighted_rows(wt, &z),
                     None => z,
                 };
                 for i in 0..DIM {
@@ -265,15 +257,7 @@ pub fn sample_mean<T: Scalar>(
                 }
                 // dz = Wᵀ·a; ds_d += ½·dz_d·z_d; dW += a·zᵀ.
                 let dz = match &w64 {
-                    Some(w) => {
-                        let mut dz = [0f64; DIM];
-                        for (row, &ai) in w.chunks_exact(DIM).zip(&a) {
-                            for (acc, &wv) in dz.iter_mut().zip(row) {
-                                *acc += wv * ai;
-                            }
-                        }
-                        dz
-                    }
+                    Some(w) => weighted_rows(w, &a),
                     None => a,
                 };
                 for d in 0..DIM {
@@ -297,6 +281,18 @@ pub fn sample_mean<T: Scalar>(
     let partials: Vec<Option<Vec<f64>>> = per.iter().map(|p| p.1.clone()).collect();
     accumulate_dw(d_w, &partials);
     Ok(per.iter().map(|p| p.0).sum())
+}
+
+/// `mᵀ·v` for a row-major 63×63 `m`: Σ_k v_k·(row k of m), each entry summed in k order (the
+/// order of a dot product over k), as runs of contiguous multiply-adds.
+fn weighted_rows(m: &[f64], v: &[f64; DIM]) -> [f64; DIM] {
+    let mut out = [0f64; DIM];
+    for (row, &vk) in m.chunks_exact(DIM).zip(v) {
+        for (acc, &x) in out.iter_mut().zip(row) {
+            *acc += x * vk;
+        }
+    }
+    out
 }
 
 /// `UncertaintyRegLoss`: `mean(e^{−s})` over all `B·63` values (weight 0 in the reference, but
