@@ -1,4 +1,5 @@
-//! `bench`: kernel and whole-forward benchmarks on the GPU (see `bench --help`).
+//! `bench`: kernel and whole-forward benchmarks on the GPU, and the CPU training step (see
+//! `bench --help`).
 
 use handcov::cuda::bench::{Bench, BenchRow};
 use handcov::cuda::CudaBackend;
@@ -18,6 +19,7 @@ USAGE:
   bench [--json OUT.jsonl] [--batch 1,16,64] [--precision fp32,bf16] [--runs N] [--warmup N]
         [--mano FILE] [--mano-batch N] [--skip-kernels] [--skip-forward]
         [--train-batch 64] [--nll-batch 4096] [--skip-train]
+  bench --cpu-train [--train-batch 32] [--runs 20] [--warmup 3] [--json OUT.jsonl]
 
 Every figure is a median over --runs (default 50) CUDA-event timings after --warmup (default 10)
 runs, each run starting with a cold L2 (256 MiB overwritten in between). Kernels are measured at
@@ -28,6 +30,12 @@ a CUDA graph. Training (unless --skip-train): the whole fine-tune step of the sa
 precision, and the exact-NLL Cholesky kernels (forward + backward) at --nll-batch. Ceilings
 measured first on the same device: device-to-device copy bandwidth and
 cuBLASLt GEMM throughput (fp32 without TF32, bf16) at 8192³.
+
+--cpu-train needs no GPU: the CPU training step of the synthetic demo (`tiny` + `ours`, exact
+NLL, no discriminator, AdamW) on a synthetic batch at each --train-batch, wall-clock median,
+p10 and p90 over --runs after --warmup. PyTorch's side: tests/reference/bench_train_torch.py
+--device cpu --config tiny --batch 32 --modes fp32 --drop-path 0 --ours-nll exact --no-nll
+--no-disc.
 ";
 
 /// SPEC §11: ≈ 127.1 G multiply-accumulates per image for an uncertainty variant.
@@ -82,8 +90,15 @@ fn run() -> Result<()> {
             .unwrap_or_else(|| "fp32,bf16".into()),
         "--precision",
     )?;
-    let runs: usize = p.opt_value_from_str("--runs").map_err(arg)?.unwrap_or(50);
-    let warmup: usize = p.opt_value_from_str("--warmup").map_err(arg)?.unwrap_or(10);
+    let cpu_train = p.contains("--cpu-train");
+    let runs: usize = p
+        .opt_value_from_str("--runs")
+        .map_err(arg)?
+        .unwrap_or(if cpu_train { 20 } else { 50 });
+    let warmup: usize = p
+        .opt_value_from_str("--warmup")
+        .map_err(arg)?
+        .unwrap_or(if cpu_train { 3 } else { 10 });
     let mano_path: PathBuf = p
         .opt_value_from_str("--mano")
         .map_err(arg)?
@@ -98,7 +113,7 @@ fn run() -> Result<()> {
     let train_batches: Vec<usize> = list(
         &p.opt_value_from_str::<_, String>("--train-batch")
             .map_err(arg)?
-            .unwrap_or_else(|| "64".into()),
+            .unwrap_or_else(|| if cpu_train { "32" } else { "64" }.into()),
         "--train-batch",
     )?;
     let nll_batch: usize = p
@@ -120,6 +135,22 @@ fn run() -> Result<()> {
             "--batch values and --runs must be at least 1".into(),
         ));
     }
+    let mut rows: Vec<BenchRow> = Vec::new();
+    if cpu_train {
+        for &b in &train_batches {
+            let r = handcov::train::bench::cpu_train_step(b, warmup, runs)?;
+            println!(
+                "cpu_train_step fp32 batch {b}: median {:.2} ms (p10 {:.2}, p90 {:.2}), {:.1} img/s, {}",
+                r.median_ms,
+                r.p10_ms,
+                r.p90_ms,
+                r.images_per_s.unwrap_or(f64::NAN),
+                r.device
+            );
+            rows.push(r);
+        }
+        return write_json(json.as_ref(), &rows);
+    }
     for pr in &precisions {
         if pr != "fp32" && pr != "bf16" {
             return Err(Error::Input(format!(
@@ -131,7 +162,6 @@ fn run() -> Result<()> {
     let mano = Mano::load(&mano_file)?;
     let be = CudaBackend::new(0)?;
     let mut bench = Bench::new(&be, warmup, runs)?;
-    let mut rows: Vec<BenchRow> = Vec::new();
     println!("device: {}", bench.device);
     let emit = |r: BenchRow, rows: &mut Vec<BenchRow>| {
         print_row(&r);
@@ -186,12 +216,17 @@ fn run() -> Result<()> {
             }
         }
     }
+    write_json(json.as_ref(), &rows)
+}
+
+/// The rows as JSON lines, when --json was given.
+fn write_json(json: Option<&PathBuf>, rows: &[BenchRow]) -> Result<()> {
     if let Some(path) = json {
-        let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-        for r in &rows {
+        let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        for r in rows {
             let line = serde_json::to_string(r)
                 .map_err(|e| Error::Input(format!("cannot encode a result: {e}")))?;
-            writeln!(f, "{line}").map_err(|e| Error::io(&path, e))?;
+            writeln!(f, "{line}").map_err(|e| Error::io(path, e))?;
         }
         println!("wrote {}", path.display());
     }

@@ -1,7 +1,9 @@
 //! Training benchmarks behind `bench --train`: the whole fine-tune step on the GPU (forward,
 //! losses, backward, AdamW, the discriminator's own step) and the exact-NLL Cholesky kernel,
 //! timed with CUDA events after warm-up (medians), as the rows `tests/reference/
-//! compare_bench.py` joins with `bench_train_torch.py`'s.
+//! compare_bench.py` joins with `bench_train_torch.py`'s; and `bench --cpu-train`, the CPU step
+//! of the synthetic demo, wall-clock timed, against `bench_train_torch.py --device cpu
+//! --config tiny --no-disc`.
 
 use super::adamw::AdamWConfig;
 use super::discriminator::Discriminator;
@@ -58,6 +60,63 @@ pub fn synthetic_batch(b: usize, size: usize, seed: u64) -> Batch {
             uniform(2 * b * 10, seed + 7, -1.0, 1.0),
         )),
     }
+}
+
+/// The CPU training step of the synthetic demo (`tiny` + `ours` with the exact NLL, the
+/// procedural hand, no discriminator, AdamW) at batch `b` on a synthetic batch: wall-clock
+/// median, p10 and p90 over `runs` steps after `warmup`, and images/s.
+pub fn cpu_train_step(b: usize, warmup: usize, runs: usize) -> Result<BenchRow> {
+    use crate::model::config::{ModelConfig, Uncertainty};
+    use crate::model::layers::TorchDefaultInit;
+    if b == 0 || runs == 0 {
+        return Err(Error::Input(
+            "cpu train-step benchmark: batch and runs must be at least 1".into(),
+        ));
+    }
+    let mut cfg = ModelConfig::tiny();
+    cfg.uncertainty = Uncertainty::Ours;
+    let hand = crate::synth::hand::procedural_hand();
+    let model = HandModel::build(cfg, &TorchDefaultInit::new(1), hand.mano()?)?;
+    let size = model.config.image_size;
+    let opts = StepOptions {
+        ours_nll_exact: true,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(model, AdamWConfig::default(), None, opts, 1);
+    let batch = synthetic_batch(b, size, 11);
+    let mut ms = Vec::with_capacity(runs);
+    for i in 0..warmup + runs {
+        let t = std::time::Instant::now();
+        let rep = trainer.step(&batch)?;
+        if rep.skipped {
+            return Err(Error::Input(
+                "cpu train-step benchmark: a step was skipped (non-finite loss or gradient)".into(),
+            ));
+        }
+        if i >= warmup {
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    ms.sort_by(f64::total_cmp);
+    let q = |f: f64| ms[((ms.len() - 1) as f64 * f).round() as usize];
+    let med = q(0.5);
+    Ok(BenchRow {
+        engine: "handcov",
+        kind: "train",
+        kernel: "cpu_train_step".into(),
+        mode: "fp32".into(),
+        batch: b,
+        median_ms: med,
+        p10_ms: q(0.1),
+        p90_ms: q(0.9),
+        gbps: None,
+        tflops: None,
+        frac_of_ceiling: None,
+        images_per_s: Some(b as f64 / med * 1e3),
+        peak_mem_mib: None,
+        mfu: None,
+        device: format!("CPU, {} threads", rayon::current_num_threads()),
+    })
 }
 
 /// The full training step of `model` (moved onto the GPU) at batch `b` in `precision`: median
@@ -192,4 +251,18 @@ pub fn nll_exact(bench: &mut Bench, b: usize) -> Result<BenchRow> {
         device: bench.device.clone(),
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The CPU step benchmark runs real steps and reports consistent figures.
+    #[test]
+    fn cpu_train_step_reports_its_timing() {
+        let r = super::cpu_train_step(2, 1, 3).unwrap();
+        assert_eq!((r.kernel.as_str(), r.batch), ("cpu_train_step", 2));
+        assert!(r.median_ms > 0.0 && r.p10_ms <= r.median_ms && r.median_ms <= r.p90_ms);
+        let ips = r.images_per_s.unwrap();
+        assert!((ips - 2.0 / r.median_ms * 1e3).abs() < 1e-9 * ips);
+        assert!(super::cpu_train_step(0, 1, 1).is_err());
+    }
 }

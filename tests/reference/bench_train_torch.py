@@ -8,6 +8,8 @@ numbers against (issue "Training with hand-written backward passes", Performance
     python3 tests/reference/bench_train_torch.py --load-weights scratch/hamer_ours.safetensors
     python3 tests/reference/bench_train_torch.py --device cpu --config tiny --batch 2 \
         --nll-batch 64 --steps 2                                                   # smoke test
+    python3 tests/reference/bench_train_torch.py --device cpu --config tiny --batch 32 \
+        --modes fp32 --drop-path 0 --ours-nll exact --no-nll --no-disc  # the demo's CPU step
 
 1. Training step (kind "train"). The model of reference_model.py (random weights of its generator,
    --seed, or --load-weights FILE with SPEC key names), the discriminator of train_reference.py
@@ -366,8 +368,10 @@ def objective(model, out, batch, disc, ours_nll: str):
              + w["HAND_POSE"] * T.parameter_loss(out["hand_pose"], hp_gt,
                                                  batch["has_mano_params.hand_pose"])
              + w["BETAS"] * T.parameter_loss(out["betas"], batch["mano_params.betas"],
-                                             batch["has_mano_params.betas"])
-             + w["ADVERSARIAL"] * T.adversarial_generator_loss(disc, out["hand_pose"], out["betas"]))
+                                             batch["has_mano_params.betas"]))
+    if disc is not None:
+        total = total + w["ADVERSARIAL"] * T.adversarial_generator_loss(disc, out["hand_pose"],
+                                                                        out["betas"])
     if ours_nll == "exact":
         with torch.autocast(mu.device.type, enabled=False):
             nll = T.nll_exact_ours_loss(mu.double(), gt3.double(), raw.double(), W.double())
@@ -436,9 +440,10 @@ def run_train(args, model, disc, batch_full, mode, B, dev, writer, budget, npara
     state = {"loss": None}
     try:
         model.train()
-        disc.train()
         opt_g = make_optimizer(model.parameters(), args, dev)
-        opt_d = make_optimizer(disc.parameters(), args, dev)
+        if disc is not None:
+            disc.train()
+            opt_d = make_optimizer(disc.parameters(), args, dev)
         scaler = torch.amp.GradScaler(dev_type) if use_scaler else None
         ctx = ((lambda: torch.autocast(dev_type, dtype=cast)) if cast is not None
                else (lambda: torch.autocast(dev_type, enabled=False)))
@@ -457,6 +462,9 @@ def run_train(args, model, disc, batch_full, mode, B, dev, writer, budget, npara
             else:
                 loss.backward()
                 opt_g.step()
+            state["loss"] = loss.detach()
+            if disc is None:
+                return
             # discriminator step (SPEC §7.3 / §8) on the detached predictions of this forward
             with ctx():
                 ld, _, _ = T.discriminator_loss(disc, out["hand_pose"], out["betas"],
@@ -470,7 +478,6 @@ def run_train(args, model, disc, batch_full, mode, B, dev, writer, budget, npara
             else:
                 ld.backward()
                 opt_d.step()
-            state["loss"] = loss.detach()
 
         # An optimiser step (generator or discriminator) whose gradients hold inf/NaN is skipped
         # by the scaler, which halves its scale (it grows only after 2000 clean steps): skipped
@@ -545,7 +552,8 @@ def run_train(args, model, disc, batch_full, mode, B, dev, writer, budget, npara
             o.zero_grad(set_to_none=True)
             o.state.clear()
     model.zero_grad(set_to_none=True)
-    disc.zero_grad(set_to_none=True)
+    if disc is not None:
+        disc.zero_grad(set_to_none=True)
     del opt_g, opt_d, scaler, batch
     writer.write(row)
     free_memory(dev)
@@ -663,6 +671,9 @@ def parse_args():
     ap.add_argument("--nll-iters", type=int, default=None, help="timed NLL calls (50; CPU: --steps)")
     ap.add_argument("--nll-warmup", type=int, default=5, help="untimed NLL calls (5)")
     ap.add_argument("--no-nll", action="store_true", help="only the training step")
+    ap.add_argument("--no-disc", action="store_true",
+                    help="no discriminator: no adversarial term and no discriminator step (the "
+                         "synthetic demo's objective)")
     ap.add_argument("--nll-only", action="store_true", help="only the exact NLL (no model built)")
     ap.add_argument("--seed", type=int, default=20250901)
     ap.add_argument("--load-weights", metavar="PATH",
@@ -738,10 +749,14 @@ def main():
                 run_nll(args, mode, dev, writer, budget)
         if not args.nll_only:
             model, disc, src, nparam = build_model(args, config, dev)
+            if args.no_disc:
+                disc = None
             writer.common["weights"] = src
+            writer.common["discriminator"] = not args.no_disc
             batch = make_batch(args.seed, max(args.batches), args.mocap_batch,
                                config["image_size"], dev)
-            rel = check_objective(model, disc, batch, args.ours_nll)
+            # compute_losses always has the adversarial term: no check without a discriminator.
+            rel = None if disc is None else check_objective(model, disc, batch, args.ours_nll)
             writer.common["objective_check_rel"] = None if rel is None else float(f"{rel:.2e}")
             for mode in args.mode_list:
                 for b in args.batches:
