@@ -91,9 +91,8 @@ pub fn sum_f64(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
     let chunks = x.chunks_exact(8);
     let tail = chunks.remainder();
     for c in chunks {
-        let c: &[f32; 8] = c.try_into().expect("a chunk of 8");
-        for l in 0..8 {
-            acc[l] += f(c[l] as f64);
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v as f64);
         }
     }
     acc.iter().sum::<f64>() + tail.iter().map(|&v| f(v as f64)).sum::<f64>()
@@ -113,9 +112,8 @@ pub fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
         .map(|(x, y)| x * y)
         .sum();
     for (x, y) in ca.zip(cb) {
-        let (x, y): (&[f64; 8], &[f64; 8]) = (x.try_into().expect("8"), y.try_into().expect("8"));
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
+        for ((a, &p), &q) in acc.iter_mut().zip(x).zip(y) {
+            *a += p * q;
         }
     }
     acc.iter().sum::<f64>() + tail

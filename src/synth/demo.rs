@@ -412,12 +412,10 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport> {
     let mut cfg = ModelConfig::tiny();
     cfg.uncertainty = Uncertainty::Ours;
     let cam0 = mean_camera_scale(&mano, &o.synth)?;
-    let v = &cfg.vit;
-    let cells = |side: usize| (side + 2 * v.patch_padding - v.patch_size) / v.patch_size + 1;
     let init = DemoInit {
         base: TorchDefaultInit::new(o.seed),
         cam0,
-        grid: (cells(v.img_size[0]), cells(v.img_size[1])),
+        grid: cfg.grid(),
     };
     let model = HandModel::build(cfg.clone(), &init, hand.mano()?)?;
 
