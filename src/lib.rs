@@ -3,6 +3,7 @@
 //!
 //! Data flows one way: `bin` → `model` → `ops` → (`cuda` | CPU twin).
 
+pub mod cli;
 pub mod cuda;
 pub mod engine;
 pub mod error;
