@@ -3,6 +3,7 @@
 //! that every tool answers bad flags with the same kind of one-line error (exit code 2).
 
 use crate::error::{Error, Result};
+use std::path::Path;
 
 /// The most worker threads a `--threads` flag may ask for. Far beyond any machine this runs
 /// on; a larger number is a typo, and spawning it would stall the tool for minutes.
@@ -18,10 +19,8 @@ pub fn opt<T: std::str::FromStr>(
 where
     T::Err: std::fmt::Display,
 {
-    p.opt_value_from_fn(flag, |v| {
-        v.parse::<T>().map_err(|e| format!("{v:?}: {e}"))
-    })
-    .map_err(|e| Error::Input(format!("{flag}: {} (see {help})", flag_message(e))))
+    p.opt_value_from_fn(flag, |v| v.parse::<T>().map_err(|e| format!("{v:?}: {e}")))
+        .map_err(|e| Error::Input(format!("{flag}: {} (see {help})", flag_message(e))))
 }
 
 /// An optional count `--flag N` that must lie in `lo..=hi`.
@@ -42,15 +41,17 @@ pub fn count(
 /// `n` in `lo..=hi`, or an error naming the flag and the range.
 pub fn check_count(flag: &str, n: usize, lo: usize, hi: usize) -> Result<()> {
     if n < lo || n > hi {
-        return Err(Error::Input(format!(
-            "{flag} {n}: expected {lo} to {hi}"
-        )));
+        return Err(Error::Input(format!("{flag} {n}: expected {lo} to {hi}")));
     }
     Ok(())
 }
 
 /// An optional `--flag X` that must be a finite number above zero.
-pub fn positive(p: &mut pico_args::Arguments, flag: &'static str, help: &str) -> Result<Option<f32>> {
+pub fn positive(
+    p: &mut pico_args::Arguments,
+    flag: &'static str,
+    help: &str,
+) -> Result<Option<f32>> {
     let v = opt::<f32>(p, flag, help)?;
     if let Some(x) = v {
         check_positive(flag, x)?;
@@ -82,6 +83,20 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
             .num_threads(n)
             .build_global()
             .map_err(|e| Error::Input(format!("--threads {n}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// An error when the output `out` is the input `input` (the same file under any spelling): the
+/// tool would destroy what it reads. An output that does not exist yet is never an input.
+pub fn check_distinct(out_flag: &str, out: &Path, in_flag: &str, input: &Path) -> Result<()> {
+    if let (Ok(a), Ok(b)) = (out.canonicalize(), input.canonicalize()) {
+        if a == b {
+            return Err(Error::Input(format!(
+                "{out_flag} {} is the {in_flag} file: writing it would destroy the input",
+                out.display()
+            )));
+        }
     }
     Ok(())
 }
@@ -149,7 +164,10 @@ mod tests {
             let e = threads(&mut args(&["--threads", bad]), "--help").unwrap_err();
             assert!(e.to_string().contains("--threads"), "{bad}: {e}");
         }
-        assert_eq!(threads(&mut args(&["--threads", "8"]), "--help").unwrap(), Some(8));
+        assert_eq!(
+            threads(&mut args(&["--threads", "8"]), "--help").unwrap(),
+            Some(8)
+        );
         assert_eq!(threads(&mut args(&[]), "--help").unwrap(), None);
         let e = count(&mut args(&["--runs", "0"]), "--runs", 1, 10, "--help").unwrap_err();
         assert_eq!(e.to_string(), "input: --runs 0: expected 1 to 10");
@@ -158,10 +176,29 @@ mod tests {
     }
 
     #[test]
+    fn an_output_may_not_be_an_input() {
+        let dir = std::env::temp_dir().join(format!("handcov_cli_{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let f = dir.join("w.safetensors");
+        std::fs::write(&f, b"x").unwrap();
+        let e = check_distinct("--dump", &dir.join("sub/../w.safetensors"), "--weights", &f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is the --weights file"), "{e}");
+        assert!(check_distinct("--dump", &dir.join("new.safetensors"), "--weights", &f).is_ok());
+    }
+
+    #[test]
     fn positive_numbers_reject_zero_negative_and_non_finite() {
         for bad in ["0", "-1", "nan", "inf", "-inf"] {
-            assert!(positive(&mut args(&["--lr", bad]), "--lr", "--help").is_err(), "{bad}");
+            assert!(
+                positive(&mut args(&["--lr", bad]), "--lr", "--help").is_err(),
+                "{bad}"
+            );
         }
-        assert_eq!(positive(&mut args(&["--lr", "1e-4"]), "--lr", "--help").unwrap(), Some(1e-4));
+        assert_eq!(
+            positive(&mut args(&["--lr", "1e-4"]), "--lr", "--help").unwrap(),
+            Some(1e-4)
+        );
     }
 }

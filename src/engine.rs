@@ -72,7 +72,9 @@ impl Engine {
     ) -> Result<Engine> {
         let backend = match device {
             DeviceChoice::Cpu => None,
-            DeviceChoice::Cuda => Some(CudaBackend::new(0)?),
+            DeviceChoice::Cuda => {
+                Some(CudaBackend::new(0).map_err(|e| e.with_hint("use --device cpu"))?)
+            }
             DeviceChoice::Auto => CudaBackend::new(0).ok(),
         };
         if backend.is_none() && precision == Precision::Bf16 {
@@ -129,12 +131,19 @@ impl Engine {
 
     pub fn forward(&mut self, img: &Tensor) -> Result<Prediction> {
         self.model.check_input(img)?;
-        let out = match &mut self.gpu {
-            None => return self.model.forward(img),
-            Some(Gpu::F32(g)) => g.forward(img.data(), img.dim(0))?,
-            Some(Gpu::Bf16(g)) => g.forward(img.data(), img.dim(0))?,
+        let pred = match &mut self.gpu {
+            None => self.model.forward(img)?,
+            Some(Gpu::F32(g)) => {
+                let out = g.forward(img.data(), img.dim(0))?;
+                self.assemble(out)?
+            }
+            Some(Gpu::Bf16(g)) => {
+                let out = g.forward(img.data(), img.dim(0))?;
+                self.assemble(out)?
+            }
         };
-        self.assemble(out)
+        pred.check_finite()?;
+        Ok(pred)
     }
 
     fn assemble(&self, o: GpuOutputs) -> Result<Prediction> {

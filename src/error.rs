@@ -33,6 +33,19 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The same error with `hint` appended to its message (what the user can do about it).
+    pub fn with_hint(self, hint: &str) -> Self {
+        match self {
+            Error::Weights(m) => Error::Weights(format!("{m}; {hint}")),
+            Error::Config(m) => Error::Config(format!("{m}; {hint}")),
+            Error::Input(m) => Error::Input(format!("{m}; {hint}")),
+            Error::Cuda(m) => Error::Cuda(format!("{m}; {hint}")),
+            io @ Error::Io { .. } => io,
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

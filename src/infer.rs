@@ -72,13 +72,6 @@ pub enum Scale {
     Two([f64; 2]),
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
-enum Hands {
-    One(BoxEntry),
-    Many(Vec<BoxEntry>),
-}
-
 impl BoxEntry {
     /// The square crop box by the evaluation rule: side = max of the box expanded to 3:4 (w:h).
     pub fn to_crop_box(&self) -> std::result::Result<CropBox, String> {
@@ -125,9 +118,10 @@ impl BoxEntry {
     }
 }
 
-/// The boxes file: `{"image name or path": hand | [hand, ...]}`.
+/// The boxes file: `{"image name or path": hand | [hand, ...]}`. Every field is read on its
+/// own, so an error names the image, the hand and the field.
 pub fn parse_boxes(text: &str, origin: &str) -> Result<BTreeMap<String, Vec<CropBox>>> {
-    let raw: BTreeMap<String, Hands> = serde_json::from_str(text).map_err(|e| {
+    let raw: BTreeMap<String, Value> = serde_json::from_str(text).map_err(|e| {
         Error::Input(format!(
             "{origin}: malformed boxes file ({e}); expected {{\"image.jpg\": {{\"center\": [x, y], \"scale\": s, \"is_right\": true}} or {{\"bbox\": [x0, y0, x1, y1]}}, ...}}"
         ))
@@ -135,20 +129,60 @@ pub fn parse_boxes(text: &str, origin: &str) -> Result<BTreeMap<String, Vec<Crop
     let mut out = BTreeMap::new();
     for (name, hands) in raw {
         let list = match hands {
-            Hands::One(h) => vec![h],
-            Hands::Many(v) => v,
+            Value::Array(v) => v,
+            other => vec![other],
         };
         let boxes = list
-            .iter()
+            .into_iter()
             .enumerate()
             .map(|(k, h)| {
-                h.to_crop_box()
+                box_entry(h)
+                    .and_then(|b| b.to_crop_box())
                     .map_err(|m| Error::Input(format!("{origin}: \"{name}\" hand {k}: {m}")))
             })
             .collect::<Result<Vec<_>>>()?;
         out.insert(name, boxes);
     }
     Ok(out)
+}
+
+/// One hand of the boxes file, field by field.
+fn box_entry(v: Value) -> std::result::Result<BoxEntry, String> {
+    let Value::Object(fields) = v else {
+        return Err(format!(
+            "expected an object {{\"center\": [x, y], \"scale\": s}} or {{\"bbox\": [x0, y0, x1, y1]}}, found {v}"
+        ));
+    };
+    fn field<T: serde::de::DeserializeOwned>(
+        key: &str,
+        v: Value,
+        expected: &str,
+    ) -> std::result::Result<T, String> {
+        serde_json::from_value(v.clone())
+            .map_err(|_| format!("`{key}` is {v}, expected {expected}"))
+    }
+    let mut b = BoxEntry {
+        center: None,
+        scale: None,
+        bbox: None,
+        rescale: None,
+        is_right: None,
+    };
+    for (key, v) in fields {
+        match key.as_str() {
+            "center" => b.center = Some(field(&key, v, "[x, y]")?),
+            "scale" => b.scale = Some(field(&key, v, "a number or [sx, sy]")?),
+            "bbox" => b.bbox = Some(field(&key, v, "[x0, y0, x1, y1]")?),
+            "rescale" => b.rescale = Some(field(&key, v, "a number")?),
+            "is_right" => b.is_right = Some(field(&key, v, "true or false")?),
+            _ => {
+                return Err(format!(
+                    "unknown field `{key}` (expected center, scale, bbox, rescale, is_right)"
+                ))
+            }
+        }
+    }
+    Ok(b)
 }
 
 /// Expands files and directories into the image files to process (directories: their `.jpg`,
@@ -487,6 +521,33 @@ mod tests {
         ] {
             let e = parse_boxes(bad, "boxes.json").unwrap_err().to_string();
             assert!(e.contains("boxes.json"), "{e}");
+        }
+        // Each type error names the image, the hand and the field.
+        for (bad, want) in [
+            (
+                r#"{"a.jpg": {"center": 1, "scale": 1}}"#,
+                "\"a.jpg\" hand 0: `center` is 1",
+            ),
+            (
+                r#"{"a.jpg": [{"bbox": [1, 2, 3, 4]}, {"center": [1, 2], "scale": "x"}]}"#,
+                "hand 1: `scale` is \"x\"",
+            ),
+            (
+                r#"{"a.jpg": {"center": [1, 2], "scale": 1, "is_right": "yes"}}"#,
+                "`is_right` is \"yes\", expected true or false",
+            ),
+            (r#"{"a.jpg": null}"#, "hand 0: expected an object"),
+            (
+                r#"{"a.jpg": {"center": [1e300, 2], "scale": 1}}"#,
+                "not within",
+            ),
+            (
+                r#"{"a.jpg": {"center": [1, 2], "scale": 1e300}}"#,
+                "must be between 1 and",
+            ),
+        ] {
+            let e = parse_boxes(bad, "boxes.json").unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
         }
     }
 }

@@ -603,3 +603,248 @@ fn cuda_device_without_a_gpu_is_a_clean_error() {
     ]);
     assert_clean_error(run, &["cuda:"]);
 }
+
+#[test]
+fn non_finite_weights_are_refused_at_load() {
+    let st = setup("err_nan_weights");
+    let p = st.weights_edited("nan.safetensors", |v| {
+        let t = v
+            .iter_mut()
+            .find(|t| t.name == "backbone.blocks.2.mlp.fc1.weight")
+            .unwrap();
+        let vals: &mut [f32] = bytemuck::cast_slice_mut(&mut t.data);
+        vals[77] = f32::NAN;
+    });
+    assert_clean_error(
+        st.run_with_weights(&p),
+        &[
+            "nan.safetensors",
+            "`backbone.blocks.2.mlp.fc1.weight`",
+            "non-finite",
+            "index 77",
+        ],
+    );
+    let p = st.weights_edited("inf_mano.safetensors", |v| {
+        let t = v.iter_mut().find(|t| t.name == "mano.v_template").unwrap();
+        let vals: &mut [f32] = bytemuck::cast_slice_mut(&mut t.data);
+        vals[5] = f32::INFINITY;
+    });
+    assert_clean_error(st.run_with_weights(&p), &["`mano.v_template`", "inf"]);
+    assert!(
+        !st.dir.join("dump.safetensors").exists(),
+        "nothing is written"
+    );
+}
+
+#[test]
+fn an_input_that_overflows_the_model_is_an_error_not_nan_output() {
+    let st = setup("err_huge_input");
+    let mut x = read_all(&st.input);
+    let vals: &mut [f32] = bytemuck::cast_slice_mut(&mut x[0].data);
+    vals.iter_mut().for_each(|v| *v = 3e38);
+    let p = st.dir.join("huge.safetensors");
+    write_all(&p, &x);
+    assert_clean_error(
+        st.run_with_input(&p),
+        &["not finite", "image 0", "normalised crop"],
+    );
+    assert!(
+        !st.dir.join("dump.safetensors").exists(),
+        "nothing is written"
+    );
+}
+
+#[test]
+fn flags_out_of_range_repeated_or_of_the_other_mode() {
+    let st = setup("err_flag_ranges");
+    let dump = st.dir.join("d.safetensors");
+    let base = [
+        "--config",
+        s(&st.cfg),
+        "--weights",
+        s(&st.weights),
+        "--input-tensor",
+        s(&st.input),
+        "--dump",
+        s(&dump),
+    ];
+    let with = |extra: &[&str]| infer(&[&base[..], extra].concat());
+    assert_clean_error(
+        with(&["--repeat", "99999999999999"]),
+        &["--repeat", "expected 1 to"],
+    );
+    assert_clean_error(
+        with(&["--threads", "100000"]),
+        &["--threads 100000", "expected 1 to 1024"],
+    );
+    assert_clean_error(with(&["--threads", "0"]), &["--threads 0"]);
+    assert_clean_error(
+        with(&["--threads", "2", "--threads", "3"]),
+        &["--threads is given more than once"],
+    );
+    assert_clean_error(with(&["--obj"]), &["--obj applies to image mode only"]);
+    assert_clean_error(
+        with(&["--batch", "4"]),
+        &["--batch applies to image mode only"],
+    );
+    assert_clean_error(
+        with(&["--cuda-graph", "--device", "cpu"]),
+        &["--cuda-graph"],
+    );
+    let out = st.dir.join("out");
+    let img = fixture("crop_src.png");
+    assert_clean_error(
+        infer(&[
+            "--config",
+            s(&st.cfg),
+            "--weights",
+            s(&st.weights),
+            "--images",
+            s(&img),
+            "--out",
+            s(&out),
+            "--repeat",
+            "3",
+        ]),
+        &["--repeat applies to tensor mode only"],
+    );
+    assert_clean_error(
+        infer(&[
+            "--config",
+            s(&st.cfg),
+            "--weights",
+            "",
+            "--input-tensor",
+            s(&st.input),
+            "--dump",
+            s(&dump),
+        ]),
+        &["--weights: the path is empty"],
+    );
+    assert_clean_error(st.run_with_weights(&st.dir), &["is a directory"]);
+}
+
+#[test]
+fn outputs_never_overwrite_inputs_or_each_other() {
+    let st = setup("err_clobber");
+    // --dump onto the weights or the input.
+    let w = st.dir.join("w.safetensors");
+    std::fs::copy(&st.weights, &w).unwrap();
+    let before = std::fs::read(&w).unwrap();
+    let dotted = st.dir.join(".").join("w.safetensors");
+    let run = infer(&[
+        "--config",
+        s(&st.cfg),
+        "--weights",
+        s(&w),
+        "--input-tensor",
+        s(&st.input),
+        "--dump",
+        s(&dotted),
+    ]);
+    assert_clean_error(run, &["is the --weights file"]);
+    assert_eq!(
+        std::fs::read(&w).unwrap(),
+        before,
+        "the weights are untouched"
+    );
+    // A dump into a missing directory names the path asked for, not a temporary file.
+    let missing = st.dir.join("nodir").join("x.safetensors");
+    let run = infer(&[
+        "--config",
+        s(&st.cfg),
+        "--weights",
+        s(&w),
+        "--input-tensor",
+        s(&st.input),
+        "--dump",
+        s(&missing),
+    ]);
+    assert_clean_error(run, &["nodir/x.safetensors", "not an existing directory"]);
+    // Two images with the same stem in different folders.
+    for d in ["a", "b"] {
+        std::fs::create_dir_all(st.dir.join(d)).unwrap();
+    }
+    std::fs::copy(fixture("crop_src.png"), st.dir.join("a/x.png")).unwrap();
+    std::fs::copy(fixture("crop_src.png"), st.dir.join("b/x.png")).unwrap();
+    let out = st.dir.join("out");
+    let run = infer(&[
+        "--config",
+        s(&st.cfg),
+        "--weights",
+        s(&w),
+        "--images",
+        s(&st.dir.join("a")),
+        "--images",
+        s(&st.dir.join("b")),
+        "--out",
+        s(&out),
+    ]);
+    assert_clean_error(run, &["a/x.png", "b/x.png", "x.json"]);
+    assert!(!out.join("x.json").exists());
+    // --out that is a file.
+    let run = infer(&[
+        "--config",
+        s(&st.cfg),
+        "--weights",
+        s(&w),
+        "--images",
+        s(&st.dir.join("a")),
+        "--out",
+        s(&w),
+    ]);
+    assert_clean_error(run, &["is a file"]);
+}
+
+#[test]
+fn images_and_boxes_beyond_what_can_be_read_faithfully() {
+    let st = setup("err_image_limits");
+    let out = st.dir.join("out");
+    let run = |img: &Path, boxes: Option<&Path>| {
+        let mut a = vec![
+            "--config",
+            s(&st.cfg),
+            "--weights",
+            s(&st.weights),
+            "--images",
+            s(img),
+            "--out",
+            s(&out),
+        ];
+        if let Some(b) = boxes {
+            a.extend(["--boxes", s(b)]);
+        }
+        infer(&a)
+    };
+    // A JPEG whose frame header claims 60000 × 60000 pixels: refused before allocating.
+    let src = image::open(fixture("crop_src.png")).unwrap().to_rgb8();
+    let mut jpg = std::io::Cursor::new(Vec::new());
+    src.write_to(&mut jpg, image::ImageFormat::Jpeg).unwrap();
+    let mut jpg = jpg.into_inner();
+    let sof = jpg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    jpg[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
+    let huge = st.dir.join("huge.jpg");
+    std::fs::write(&huge, &jpg).unwrap();
+    assert_clean_error(run(&huge, None), &["huge.jpg", "60000×60000 pixels"]);
+    // A box far outside float32's faithful range, and a type error naming its field.
+    let boxes = st.dir.join("boxes.json");
+    std::fs::write(
+        &boxes,
+        r#"{"crop_src.png": {"center": [1e300, 5], "scale": 1}}"#,
+    )
+    .unwrap();
+    assert_clean_error(
+        run(&fixture("crop_src.png"), Some(&boxes)),
+        &["boxes.json", "centre", "not within"],
+    );
+    std::fs::write(
+        &boxes,
+        r#"{"crop_src.png": {"center": [100, 5], "scale": "big"}}"#,
+    )
+    .unwrap();
+    assert_clean_error(
+        run(&fixture("crop_src.png"), Some(&boxes)),
+        &["`scale` is \"big\""],
+    );
+    assert!(!out.join("crop_src.json").exists());
+}

@@ -41,15 +41,24 @@ p10 and p90 over --runs after --warmup. PyTorch's side: tests/reference/bench_tr
 /// SPEC §11: ≈ 127.1 G multiply-accumulates per image for an uncertainty variant.
 const GFLOP_PER_IMAGE: f64 = 254.2;
 
-fn list<T: std::str::FromStr>(s: &str, flag: &str) -> Result<Vec<T>> {
+/// A comma-separated list of counts, each in `lo..=hi`.
+fn counts(s: &str, flag: &str, lo: usize, hi: usize) -> Result<Vec<usize>> {
     s.split(',')
         .map(|v| {
-            v.trim()
-                .parse::<T>()
-                .map_err(|_| Error::Input(format!("{flag}: cannot parse {v:?}")))
+            let n = v
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| Error::Input(format!("{flag}: cannot parse {v:?} as a count")))?;
+            handcov::cli::check_count(flag, n, lo, hi)?;
+            Ok(n)
         })
         .collect()
 }
+
+/// The most images per batch, runs, and rows of the per-kernel benchmarks the flags take.
+const MAX_BATCH: usize = 4096;
+const MAX_RUNS: usize = 100_000;
+const MAX_ROWS: usize = 1 << 20;
 
 fn print_row(r: &BenchRow) {
     let opt = |v: Option<f64>, unit: &str| v.map(|x| format!("{x:.1} {unit}")).unwrap_or_default();
@@ -76,65 +85,71 @@ fn run() -> Result<()> {
         print!("{HELP}");
         return Ok(());
     }
-    let arg = |e: pico_args::Error| Error::Input(format!("{e} (see --help)"));
-    let json: Option<PathBuf> = p.opt_value_from_str("--json").map_err(arg)?;
-    let batches: Vec<usize> = list(
-        &p.opt_value_from_str::<_, String>("--batch")
-            .map_err(arg)?
-            .unwrap_or_else(|| "1,16,64".into()),
-        "--batch",
-    )?;
-    let precisions: Vec<String> = list(
-        &p.opt_value_from_str::<_, String>("--precision")
-            .map_err(arg)?
-            .unwrap_or_else(|| "fp32,bf16".into()),
-        "--precision",
-    )?;
+    use handcov::cli::{count, finish, opt};
+    let h = "--help";
+    let json: Option<PathBuf> = opt(&mut p, "--json", h)?;
+    let batch_list: Option<String> = opt(&mut p, "--batch", h)?;
+    let precision_list: Option<String> = opt(&mut p, "--precision", h)?;
     let cpu_train = p.contains("--cpu-train");
-    let runs: usize = p
-        .opt_value_from_str("--runs")
-        .map_err(arg)?
-        .unwrap_or(if cpu_train { 20 } else { 50 });
-    let warmup: usize = p
-        .opt_value_from_str("--warmup")
-        .map_err(arg)?
-        .unwrap_or(if cpu_train { 3 } else { 10 });
-    let mano_path: PathBuf = p
-        .opt_value_from_str("--mano")
-        .map_err(arg)?
-        .unwrap_or_else(|| "tests/fixtures/tiny_weights.safetensors".into());
-    let mano_batch: usize = p
-        .opt_value_from_str("--mano-batch")
-        .map_err(arg)?
-        .unwrap_or(1024);
+    let runs = count(&mut p, "--runs", 1, MAX_RUNS, h)?.unwrap_or(if cpu_train { 20 } else { 50 });
+    let warmup =
+        count(&mut p, "--warmup", 0, MAX_RUNS, h)?.unwrap_or(if cpu_train { 3 } else { 10 });
+    let mano_arg: Option<PathBuf> = opt(&mut p, "--mano", h)?;
+    let mano_batch_arg = count(&mut p, "--mano-batch", 1, MAX_ROWS, h)?;
     let skip_kernels = p.contains("--skip-kernels");
     let skip_forward = p.contains("--skip-forward");
     let skip_train = p.contains("--skip-train");
-    let train_batches: Vec<usize> = list(
-        &p.opt_value_from_str::<_, String>("--train-batch")
-            .map_err(arg)?
-            .unwrap_or_else(|| if cpu_train { "32" } else { "64" }.into()),
-        "--train-batch",
+    let train_list: Option<String> = opt(&mut p, "--train-batch", h)?;
+    let nll_batch_arg = count(&mut p, "--nll-batch", 1, MAX_ROWS, h)?;
+    finish(p, HELP, h)?;
+    if cpu_train {
+        // The GPU benchmarks' flags mean nothing here: say so rather than ignore them.
+        let gpu_only = [
+            ("--batch", batch_list.is_some()),
+            ("--precision", precision_list.is_some()),
+            ("--mano", mano_arg.is_some()),
+            ("--mano-batch", mano_batch_arg.is_some()),
+            ("--skip-kernels", skip_kernels),
+            ("--skip-forward", skip_forward),
+            ("--skip-train", skip_train),
+            ("--nll-batch", nll_batch_arg.is_some()),
+        ];
+        if let Some((flag, _)) = gpu_only.iter().find(|(_, given)| *given) {
+            return Err(Error::Input(format!(
+                "{flag} applies to the GPU benchmarks, not to --cpu-train (see --help)"
+            )));
+        }
+    }
+    let batches = counts(
+        batch_list.as_deref().unwrap_or("1,16,64"),
+        "--batch",
+        1,
+        MAX_BATCH,
     )?;
-    let nll_batch: usize = p
-        .opt_value_from_str("--nll-batch")
-        .map_err(arg)?
-        .unwrap_or(4096);
-    if let Some(a) = p.finish().first() {
-        return Err(Error::Input(format!(
-            "unexpected argument {a:?} (see --help)"
-        )));
+    let precisions: Vec<String> = precision_list
+        .as_deref()
+        .unwrap_or("fp32,bf16")
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .collect();
+    for pr in &precisions {
+        if pr != "fp32" && pr != "bf16" {
+            return Err(Error::Input(format!(
+                "--precision {pr}: expected fp32 or bf16"
+            )));
+        }
     }
-    if batches.is_empty()
-        || batches.contains(&0)
-        || train_batches.contains(&0)
-        || nll_batch == 0
-        || runs == 0
-    {
-        return Err(Error::Input(
-            "--batch values and --runs must be at least 1".into(),
-        ));
-    }
+    let train_batches = counts(
+        train_list
+            .as_deref()
+            .unwrap_or(if cpu_train { "32" } else { "64" }),
+        "--train-batch",
+        1,
+        MAX_BATCH,
+    )?;
+    let mano_path = mano_arg.unwrap_or_else(|| "tests/fixtures/tiny_weights.safetensors".into());
+    let mano_batch = mano_batch_arg.unwrap_or(1024);
+    let nll_batch = nll_batch_arg.unwrap_or(4096);
     let mut rows: Vec<BenchRow> = Vec::new();
     if cpu_train {
         for &b in &train_batches {
@@ -151,16 +166,11 @@ fn run() -> Result<()> {
         }
         return write_json(json.as_ref(), &rows);
     }
-    for pr in &precisions {
-        if pr != "fp32" && pr != "bf16" {
-            return Err(Error::Input(format!(
-                "--precision {pr}: expected fp32 or bf16"
-            )));
-        }
-    }
     let mano_file = TensorFile::open(&mano_path)?;
     let mano = Mano::load(&mano_file)?;
-    let be = CudaBackend::new(0)?;
+    let be = CudaBackend::new(0).map_err(|e| {
+        e.with_hint("bench measures the GPU; the CPU training step is `bench --cpu-train`")
+    })?;
     let mut bench = Bench::new(&be, warmup, runs)?;
     println!("device: {}", bench.device);
     let emit = |r: BenchRow, rows: &mut Vec<BenchRow>| {

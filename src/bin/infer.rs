@@ -62,58 +62,63 @@ struct Args {
     obj: bool,
     render: bool,
     allow_extra: bool,
-    batch: usize,
-    repeat: usize,
+    /// Image mode: hands per forward pass.
+    batch: Option<usize>,
+    /// Tensor mode: timed passes.
+    repeat: Option<usize>,
 }
 
-fn arg_err(e: pico_args::Error) -> Error {
-    Error::Input(format!("{e} (see --help)"))
-}
-
-/// An optional `--flag VALUE`, with the flag named in a parse error.
-fn opt<T: std::str::FromStr>(p: &mut pico_args::Arguments, flag: &'static str) -> Result<Option<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    p.opt_value_from_fn(flag, |v| v.parse::<T>().map_err(|e| format!("{e}")))
-        .map_err(|e| Error::Input(format!("{flag}: {e} (see --help)")))
-}
+/// The most timed passes `--repeat` takes.
+const MAX_REPEAT: usize = 100_000;
+/// The most hands per forward pass `--batch` takes.
+const MAX_BATCH: usize = 4096;
 
 fn parse_args() -> Result<Option<Args>> {
+    use handcov::cli::{count, finish, opt, threads};
     let mut p = pico_args::Arguments::from_env();
     if p.contains(["-h", "--help"]) {
         print!("{HELP}");
         return Ok(None);
     }
+    let h = "--help";
     let args = Args {
-        config: opt(&mut p, "--config")?.unwrap_or_else(|| "hamer".to_string()),
-        uncertainty: opt(&mut p, "--uncertainty")?,
-        weights: p.value_from_str("--weights").map_err(arg_err)?,
-        mano: opt(&mut p, "--mano")?,
-        device: opt(&mut p, "--device")?.unwrap_or_else(|| "auto".to_string()),
-        precision: opt(&mut p, "--precision")?.unwrap_or_else(|| "fp32".to_string()),
+        config: opt(&mut p, "--config", h)?.unwrap_or_else(|| "hamer".to_string()),
+        uncertainty: opt(&mut p, "--uncertainty", h)?,
+        weights: opt(&mut p, "--weights", h)?.ok_or_else(|| {
+            Error::Input("--weights W.safetensors is required (see --help)".into())
+        })?,
+        mano: opt(&mut p, "--mano", h)?,
+        device: opt(&mut p, "--device", h)?.unwrap_or_else(|| "auto".to_string()),
+        precision: opt(&mut p, "--precision", h)?.unwrap_or_else(|| "fp32".to_string()),
         cuda_graph: p.contains("--cuda-graph"),
-        threads: opt(&mut p, "--threads")?,
-        input_tensor: opt(&mut p, "--input-tensor")?,
-        dump: opt(&mut p, "--dump")?,
-        images: p.values_from_str("--images").map_err(arg_err)?,
-        boxes: opt(&mut p, "--boxes")?,
-        out: opt(&mut p, "--out")?,
+        threads: threads(&mut p, h)?,
+        input_tensor: opt(&mut p, "--input-tensor", h)?,
+        dump: opt(&mut p, "--dump", h)?,
+        images: p
+            .values_from_str("--images")
+            .map_err(|e| Error::Input(format!("--images: {e} (see --help)")))?,
+        boxes: opt(&mut p, "--boxes", h)?,
+        out: opt(&mut p, "--out", h)?,
         obj: p.contains("--obj"),
         render: p.contains("--render"),
         allow_extra: p.contains("--allow-extra"),
-        batch: opt(&mut p, "--batch")?.unwrap_or(8),
-        repeat: opt(&mut p, "--repeat")?.unwrap_or(0),
+        batch: count(&mut p, "--batch", 1, MAX_BATCH, h)?,
+        repeat: count(&mut p, "--repeat", 1, MAX_REPEAT, h)?,
     };
-    let rest = p.finish();
-    if let Some(first) = rest.first() {
-        return Err(Error::Input(format!(
-            "unexpected argument {:?} (see --help)",
-            first
-        )));
-    }
-    if args.batch == 0 {
-        return Err(Error::Input("--batch must be at least 1".into()));
+    finish(p, HELP, h)?;
+    let paths = [
+        ("--weights", Some(&args.weights)),
+        ("--mano", args.mano.as_ref()),
+        ("--input-tensor", args.input_tensor.as_ref()),
+        ("--dump", args.dump.as_ref()),
+        ("--boxes", args.boxes.as_ref()),
+        ("--out", args.out.as_ref()),
+    ];
+    let images = args.images.iter().map(|p| ("--images", Some(p)));
+    for (flag, path) in paths.into_iter().chain(images) {
+        if path.is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(Error::Input(format!("{flag}: the path is empty")));
+        }
     }
     Ok(Some(args))
 }
@@ -128,7 +133,12 @@ fn load_model(args: &Args) -> Result<HandModel> {
     })
 }
 
-fn run_tensor_mode(engine: &mut Engine, input: &Path, dump: &Path, repeat: usize) -> Result<()> {
+fn run_tensor_mode(
+    engine: &mut Engine,
+    input: &Path,
+    dump: &Path,
+    repeat: Option<usize>,
+) -> Result<()> {
     let file = TensorFile::open(input)?;
     if !file.contains("img") {
         return Err(Error::Input(format!(
@@ -138,7 +148,7 @@ fn run_tensor_mode(engine: &mut Engine, input: &Path, dump: &Path, repeat: usize
     }
     let img = file.f32("img", None)?;
     let mut pred = engine.forward(&img)?;
-    if repeat > 0 {
+    if let Some(repeat) = repeat {
         let b = img.dim(0) as f64;
         let mut ms = Vec::with_capacity(repeat);
         for _ in 0..repeat {
@@ -167,8 +177,13 @@ fn run_tensor_mode(engine: &mut Engine, input: &Path, dump: &Path, repeat: usize
     Ok(())
 }
 
-fn run_image_mode(engine: &mut Engine, args: &Args, out_dir: &Path) -> Result<()> {
-    let images = collect_images(&args.images)?;
+fn run_image_mode(
+    engine: &mut Engine,
+    args: &Args,
+    images: &[PathBuf],
+    names: &[String],
+    out_dir: &Path,
+) -> Result<()> {
     let boxes = match &args.boxes {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
@@ -191,7 +206,7 @@ fn run_image_mode(engine: &mut Engine, args: &Args, out_dir: &Path) -> Result<()
     let mut results: Vec<Vec<serde_json::Value>> = vec![Vec::new(); images.len()];
     let mut objs: Vec<Vec<String>> = vec![Vec::new(); images.len()];
     let mut renders: Vec<Vec<HandRender>> = (0..images.len()).map(|_| Vec::new()).collect();
-    for chunk in hands.chunks(args.batch) {
+    for chunk in hands.chunks(args.batch.unwrap_or(8)) {
         let refs: Vec<&HandCrop> = chunk.iter().collect();
         let pred = engine.forward(&stack(&refs, size)?)?;
         let model = engine.model();
@@ -212,11 +227,7 @@ fn run_image_mode(engine: &mut Engine, args: &Args, out_dir: &Path) -> Result<()
             results[hand.image_index].push(v);
         }
     }
-    for (i, path) in images.iter().enumerate() {
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_else(|| format!("image{i}"));
+    for (i, (path, stem)) in images.iter().zip(names).enumerate() {
         let doc = serde_json::json!({
             "image": path.to_string_lossy(),
             "width": loaded[i].width,
@@ -244,16 +255,36 @@ fn run_image_mode(engine: &mut Engine, args: &Args, out_dir: &Path) -> Result<()
     Ok(())
 }
 
+/// Flags of the other mode are errors, not silently ignored.
+fn check_mode_flags(args: &Args, tensor_mode: bool) -> Result<()> {
+    let only = |flag: &str, given: bool, mode: &str| -> Result<()> {
+        if given {
+            return Err(Error::Input(format!(
+                "{flag} applies to {mode} mode only (see --help)"
+            )));
+        }
+        Ok(())
+    };
+    if tensor_mode {
+        only("--obj", args.obj, "image")?;
+        only("--render", args.render, "image")?;
+        only("--batch", args.batch.is_some(), "image")?;
+    } else {
+        only("--repeat", args.repeat.is_some(), "tensor")?;
+    }
+    if args.cuda_graph && args.device == "cpu" {
+        return Err(Error::Input(
+            "--cuda-graph replays the GPU forward; it does not apply to --device cpu".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn run() -> Result<()> {
     let Some(args) = parse_args()? else {
         return Ok(());
     };
-    if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build_global()
-            .map_err(|e| Error::Input(format!("--threads: {e}")))?;
-    }
+    handcov::cli::set_threads(args.threads)?;
     let tensor_mode = args.input_tensor.is_some() || args.dump.is_some();
     let image_mode = !args.images.is_empty() || args.out.is_some() || args.boxes.is_some();
     if tensor_mode == image_mode {
@@ -261,15 +292,26 @@ fn run() -> Result<()> {
             "give either --input-tensor X --dump OUT (tensor mode) or --images ... --out DIR (image mode); see --help".into(),
         ));
     }
+    check_mode_flags(&args, tensor_mode)?;
     let device = DeviceChoice::parse(&args.device)?;
     let precision = Precision::parse(&args.precision)?;
-    let mut engine = Engine::new(load_model(&args)?, device, precision, args.cuda_graph)?;
     if tensor_mode {
         let (Some(input), Some(dump)) = (&args.input_tensor, &args.dump) else {
             return Err(Error::Input(
                 "tensor mode needs both --input-tensor and --dump".into(),
             ));
         };
+        let inputs = [
+            ("--weights", Some(&args.weights)),
+            ("--mano", args.mano.as_ref()),
+            ("--input-tensor", Some(input)),
+        ];
+        for (flag, p) in inputs {
+            if let Some(p) = p {
+                handcov::cli::check_distinct("--dump", dump, flag, p)?;
+            }
+        }
+        let mut engine = Engine::new(load_model(&args)?, device, precision, args.cuda_graph)?;
         run_tensor_mode(&mut engine, input, dump, args.repeat)
     } else {
         let Some(out) = &args.out else {
@@ -280,8 +322,59 @@ fn run() -> Result<()> {
                 "image mode needs at least one --images FILE_OR_DIR".into(),
             ));
         }
-        run_image_mode(&mut engine, &args, out)
+        if out.is_file() {
+            return Err(Error::Input(format!(
+                "--out {}: is a file; --out names the directory the results go to",
+                out.display()
+            )));
+        }
+        let images = collect_images(&args.images)?;
+        let names = output_names(&images, out, args.render)?;
+        let mut engine = Engine::new(load_model(&args)?, device, precision, args.cuda_graph)?;
+        run_image_mode(&mut engine, &args, &images, &names, out)
     }
+}
+
+/// Each image's output stem. Two images with the same stem (`a/x.jpg`, `b/x.png`) would
+/// overwrite each other's results, and an output must not land on an input image: both are
+/// errors before any work.
+fn output_names(images: &[PathBuf], out: &Path, render: bool) -> Result<Vec<String>> {
+    let mut seen: std::collections::HashMap<String, &Path> = std::collections::HashMap::new();
+    let mut names = Vec::with_capacity(images.len());
+    for (i, path) in images.iter().enumerate() {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| format!("image{i}"));
+        if let Some(other) = seen.insert(stem.clone(), path) {
+            return Err(Error::Input(format!(
+                "{} and {} would both write {stem}.json to --out; give them different names \
+                 (or run them separately)",
+                other.display(),
+                path.display()
+            )));
+        }
+        names.push(stem);
+    }
+    if render {
+        // Only `<stem>_render.png` can be an image the input list holds.
+        let inputs: std::collections::HashSet<PathBuf> = images
+            .iter()
+            .filter_map(|p| p.canonicalize().ok())
+            .collect();
+        for (stem, path) in names.iter().zip(images) {
+            let target = out.join(format!("{stem}_render.png"));
+            if target.canonicalize().is_ok_and(|t| inputs.contains(&t)) {
+                return Err(Error::Input(format!(
+                    "--render would overwrite the input image {} with the rendering of {}; \
+                     choose another --out",
+                    target.display(),
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(names)
 }
 
 fn main() {

@@ -134,7 +134,7 @@ impl CudaBackend {
         // the library before making any call.
         if !driver_present() {
             return Err(Error::Cuda(
-                "no CUDA driver found (libcuda.so could not be loaded); use --device cpu".into(),
+                "no CUDA driver found (libcuda.so could not be loaded)".into(),
             ));
         }
         // A libcuda too old for the symbols cudarc binds would panic inside cudarc; turn that into
@@ -162,8 +162,7 @@ impl CudaBackend {
         };
         if count == 0 {
             return Err(Error::Cuda(
-                "the CUDA driver reports 0 devices (no GPU visible; check CUDA_VISIBLE_DEVICES); \
-                 use --device cpu"
+                "the CUDA driver reports 0 devices (no GPU visible; check CUDA_VISIBLE_DEVICES)"
                     .into(),
             ));
         }

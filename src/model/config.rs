@@ -83,6 +83,10 @@ pub struct ModelConfig {
     pub focal_length: f64,
 }
 
+/// The largest size (a dimension, a depth, a head count, an image side) a model config may
+/// give.
+pub const MAX_CONFIG_SIZE: usize = 1 << 16;
+
 impl ModelConfig {
     /// HaMeR's exact sizes: ViT-H/16 at 256×192 and the 6-layer decoder heads (SPEC §2.1, §3.1).
     pub fn hamer() -> ModelConfig {
@@ -205,7 +209,8 @@ impl ModelConfig {
         (self.image_size - self.vit.img_size[1]) / 2
     }
 
-    /// Checks every size the model code relies on.
+    /// Checks every size the model code relies on: each positive and at most
+    /// [`MAX_CONFIG_SIZE`].
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         let v = &self.vit;
@@ -226,6 +231,31 @@ impl ModelConfig {
             if x == 0 {
                 return bad(format!("{name} must be positive"));
             }
+            // Far beyond any real model, and small enough that no size computed from these
+            // (grid, token count, parameter shapes) can overflow.
+            if x > MAX_CONFIG_SIZE {
+                return bad(format!("{name} = {x} is larger than {MAX_CONFIG_SIZE}"));
+            }
+        }
+        if v.patch_padding > v.patch_size {
+            return bad(format!(
+                "vit.patch_padding = {} must be at most vit.patch_size = {}",
+                v.patch_padding, v.patch_size
+            ));
+        }
+        for x in v.img_size {
+            if x > MAX_CONFIG_SIZE {
+                return bad(format!(
+                    "vit.img_size {:?} exceeds {MAX_CONFIG_SIZE}",
+                    v.img_size
+                ));
+            }
+        }
+        if !(v.mlp_ratio > 0.0 && v.mlp_ratio <= 64.0) {
+            return bad(format!(
+                "vit.mlp_ratio = {} must be in (0, 64]",
+                v.mlp_ratio
+            ));
         }
         if v.embed_dim % v.num_heads != 0 {
             return bad(format!(
@@ -322,5 +352,27 @@ mod tests {
         let mut cfg = ModelConfig::tiny();
         cfg.decoder.context_dim = 64;
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn sizes_that_would_overflow_are_errors() {
+        // Each of these wrapped around in the grid or head arithmetic and gave wrong output.
+        let edits: [fn(&mut ModelConfig); 6] = [
+            |c| c.vit.patch_padding = 1 << 63,
+            |c| c.vit.patch_padding = 17,
+            |c| c.decoder.heads = 1 << 62,
+            |c| c.vit.img_size = [128, usize::MAX],
+            |c| c.vit.mlp_ratio = 1e300,
+            |c| c.vit.depth = 1 << 40,
+        ];
+        for edit in edits {
+            let mut cfg = ModelConfig::tiny();
+            edit(&mut cfg);
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.starts_with("config: "), "{e}");
+        }
+        let mut cfg = ModelConfig::tiny();
+        cfg.vit.patch_padding = 16;
+        cfg.validate().unwrap();
     }
 }

@@ -18,7 +18,7 @@ pub trait TensorSource {
 
 impl TensorSource for TensorFile {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.f32(name, Some(shape))
+        self.f32_finite(name, Some(shape))
     }
     fn skip(&self, name: &str) {
         TensorFile::skip(self, name)

@@ -34,7 +34,7 @@ impl Mano {
     pub fn load(f: &TensorFile) -> Result<Mano> {
         let shown = f.path().display().to_string();
         let err = |m: String| Error::Weights(format!("{shown}: {m}"));
-        let v_template = f.f32("mano.v_template", None)?;
+        let v_template = f.f32_finite("mano.v_template", None)?;
         if v_template.shape().len() != 2 || v_template.dim(1) != 3 || v_template.dim(0) == 0 {
             return Err(err(format!(
                 "tensor `mano.v_template` has shape {:?}, expected [V, 3]",
@@ -42,10 +42,10 @@ impl Mano {
             )));
         }
         let nv = v_template.dim(0);
-        let shapedirs = f.f32("mano.shapedirs", Some(&[nv, 3, NUM_BETAS]))?;
-        let posedirs = f.f32("mano.posedirs", Some(&[POSE_FEATURES, 3 * nv]))?;
-        let j_regressor = f.f32("mano.J_regressor", Some(&[NUM_JOINTS, nv]))?;
-        let lbs_weights = f.f32("mano.lbs_weights", Some(&[nv, NUM_JOINTS]))?;
+        let shapedirs = f.f32_finite("mano.shapedirs", Some(&[nv, 3, NUM_BETAS]))?;
+        let posedirs = f.f32_finite("mano.posedirs", Some(&[POSE_FEATURES, 3 * nv]))?;
+        let j_regressor = f.f32_finite("mano.J_regressor", Some(&[NUM_JOINTS, nv]))?;
+        let lbs_weights = f.f32_finite("mano.lbs_weights", Some(&[nv, NUM_JOINTS]))?;
         let raw_parents = f.i64("mano.parents", Some(&[NUM_JOINTS]))?;
         let mut parents = [0usize; NUM_JOINTS];
         for (j, &p) in raw_parents.iter().enumerate().skip(1) {

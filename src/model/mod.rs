@@ -71,6 +71,26 @@ pub struct UncertaintyOutput {
 }
 
 impl Prediction {
+    /// An error naming the first output that holds a NaN or an infinity (and which image of
+    /// the batch), so that no tool writes one: with finite weights (checked at load) and a
+    /// finite input, a non-finite output means an input far outside the normalised crop's
+    /// range or weights that overflow.
+    pub fn check_finite(&self) -> Result<()> {
+        for (name, t) in self.named() {
+            if let Some(i) = weights::first_non_finite(t.data()) {
+                let per = t.data().len() / t.shape().first().copied().unwrap_or(1).max(1);
+                return Err(Error::Input(format!(
+                    "the model's output `{name}` is not finite ({}) for image {} of the batch: \
+                     the input is outside the normalised crop's range (about ±3) or the weights \
+                     overflow",
+                    t.data()[i],
+                    i / per.max(1)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The tensors under their dump names.
     pub fn named(&self) -> Vec<(&'static str, &Tensor)> {
         let mut v = vec![

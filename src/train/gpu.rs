@@ -58,7 +58,7 @@ macro_rules! each {
 impl GpuEngine {
     /// Uploads `model` to GPU 0 in `precision`, with zero moments.
     pub fn new(model: &mut HandModel, precision: Precision, config: AdamWConfig) -> Result<Self> {
-        let be = CudaBackend::new(0)?;
+        let be = CudaBackend::new(0).map_err(|e| e.with_hint("use --device cpu"))?;
         Ok(match precision {
             Precision::Fp32 => GpuEngine::F32(GpuTrainer::new(be, model, config)?),
             Precision::Bf16 => GpuEngine::Bf16(GpuTrainer::new(be, model, config)?),
