@@ -34,6 +34,15 @@ impl Error {
 }
 
 impl Error {
+    /// A safetensors problem in a file that holds inputs (an input tensor, a batch, a
+    /// covariance file), not weights: reported as an input error.
+    pub fn as_input(self) -> Self {
+        match self {
+            Error::Weights(m) => Error::Input(m),
+            other => other,
+        }
+    }
+
     /// The same error with `hint` appended to its message (what the user can do about it).
     pub fn with_hint(self, hint: &str) -> Self {
         match self {

@@ -139,14 +139,14 @@ fn run_tensor_mode(
     dump: &Path,
     repeat: Option<usize>,
 ) -> Result<()> {
-    let file = TensorFile::open(input)?;
+    let file = TensorFile::open(input).map_err(Error::as_input)?;
     if !file.contains("img") {
         return Err(Error::Input(format!(
             "{}: no tensor named `img` (expected f32 [B,3,S,S])",
             input.display()
         )));
     }
-    let img = file.f32("img", None)?;
+    let img = file.f32("img", None).map_err(Error::as_input)?;
     let mut pred = engine.forward(&img)?;
     if let Some(repeat) = repeat {
         let b = img.dim(0) as f64;

@@ -38,9 +38,11 @@ impl TensorFile {
                 "an empty path where a safetensors file was expected".into(),
             ));
         }
-        if path.is_dir() {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            let what = if meta.is_dir() { "a directory" } else { "not a regular file" };
             return Err(Error::Input(format!(
-                "{}: is a directory; expected a safetensors file",
+                "{}: is {what}; expected a safetensors file",
                 path.display()
             )));
         }
