@@ -456,3 +456,51 @@ fn fine_tunes_an_uncertainty_head_from_a_plain_hamer_checkpoint() {
     let model = handcov::model::HandModel::load(tiny_config(Uncertainty::Ours), &ck, None).unwrap();
     assert!(model.uncertainty_head.is_some());
 }
+
+#[test]
+fn a_training_set_with_a_bom_trains_and_an_empty_one_says_why_in_words() {
+    let (dir, w, cfg) = setup("train_cli_set_text", Uncertainty::Diag);
+    let set = tiny_dataset(&dir);
+    let ann = set.join("annotations.jsonl");
+    let text = std::fs::read_to_string(&ann).unwrap();
+    std::fs::write(&ann, format!("\u{feff}{text}")).unwrap();
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "--config",
+            s(&cfg),
+            "--init",
+            s(&w),
+            "--data",
+            s(&set),
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--out",
+            s(out),
+            "--threads",
+            "1",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let run = |v: Vec<String>| train(&v.iter().map(|x| x.as_str()).collect::<Vec<_>>());
+    let r = run(args(&dir.join("bom")));
+    assert_eq!(r.0, 0, "{}", r.2);
+    // Every item dropped by the filters (reprojection loss): the counts in words.
+    let dropped: String = text
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["reprojection_loss"] = serde_json::json!(5e4);
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(&ann, dropped).unwrap();
+    assert_clean(
+        run(args(&dir.join("dropped"))),
+        "no items left after filtering (4 annotation lines read, 0 kept; dropped: 0 with at \
+         most 4 2D keypoints of confidence ≥ 0.3, 4 with reprojection_loss ≥ 31000)",
+    );
+}
