@@ -457,6 +457,141 @@ fn fine_tunes_an_uncertainty_head_from_a_plain_hamer_checkpoint() {
     assert!(model.uncertainty_head.is_some());
 }
 
+/// A copy of checkpoint `src` at `dst`, its tensors and metadata changed by the edits.
+fn rewrite_checkpoint(
+    src: &Path,
+    dst: &Path,
+    tensors: impl FnOnce(&mut Vec<RawTensor>),
+    meta: impl FnOnce(&mut std::collections::HashMap<String, String>),
+) {
+    let bytes = std::fs::read(src).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut m = header.metadata().clone().unwrap();
+    meta(&mut m);
+    let mut t = read_all(src);
+    tensors(&mut t);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = t
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(dst, safetensors::serialize(views, Some(m)).unwrap()).unwrap();
+}
+
+#[test]
+fn a_checkpoint_that_cannot_resume_exactly_is_an_error() {
+    let (dir, w, cfg) = setup("train_cli_bad_ckpt", Uncertainty::Diag);
+    let batch = fixture("train_tiny_batch.safetensors");
+    let run = |out: &Path, steps: &str, resume: Option<&Path>| {
+        let mut a = vec![
+            "--config",
+            s(&cfg),
+            "--init",
+            s(&w),
+            "--batch-file",
+            s(&batch),
+            "--steps",
+            steps,
+            "--out",
+            s(out),
+            "--lr",
+            "1e-4",
+        ];
+        if let Some(r) = resume {
+            a.extend(["--resume", s(r)]);
+        }
+        train(&a)
+    };
+    let first = dir.join("first");
+    assert_eq!(run(&first, "1", None).0, 0);
+    let ck = first.join("last.safetensors");
+    let no_tensor_edit = |_: &mut Vec<RawTensor>| {};
+    let no_meta_edit = |_: &mut std::collections::HashMap<String, String>| {};
+    // An unchanged copy resumes.
+    let same = dir.join("same.safetensors");
+    rewrite_checkpoint(&ck, &same, no_tensor_edit, no_meta_edit);
+    let r = run(&dir.join("r_same"), "2", Some(&same));
+    assert_eq!(r.0, 0, "{}", r.2);
+
+    const BIAS: &str = "mano_head.deccam.bias";
+    type Edit = Box<dyn FnOnce(&mut Vec<RawTensor>)>;
+    fn edit(name: &str, f: fn(&mut RawTensor)) -> Edit {
+        let name = name.to_string();
+        Box::new(move |t| f(t.iter_mut().find(|x| x.name == name).unwrap()))
+    }
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "short_moment",
+            edit(&format!("optim.exp_avg.{BIAS}"), |x| {
+                x.data.truncate(4);
+                x.shape = vec![1];
+            }),
+            "optim.exp_avg.mano_head.deccam.bias",
+        ),
+        (
+            "missing_moment",
+            Box::new(|t| t.retain(|x| x.name != format!("optim.exp_avg_sq.{BIAS}"))),
+            "`optim.exp_avg_sq.mano_head.deccam.bias` is missing",
+        ),
+        (
+            "negative_moment",
+            edit(&format!("optim.exp_avg_sq.{BIAS}"), |x| {
+                x.data[..4].copy_from_slice(&(-1f32).to_le_bytes())
+            }),
+            "holds a negative value (-1) at 0",
+        ),
+        (
+            "reshaped_param",
+            edit("mano_head.deccam.weight", |x| x.shape.reverse()),
+            "`mano_head.deccam.weight` has shape",
+        ),
+    ];
+    for (name, tensors, want) in cases {
+        let p = dir.join(format!("{name}.safetensors"));
+        rewrite_checkpoint(&ck, &p, tensors, no_meta_edit);
+        assert_clean(run(&dir.join(format!("r_{name}")), "2", Some(&p)), want);
+    }
+    let meta_cases: Vec<(&str, &str, &str, &str)> = vec![
+        (
+            "cursor",
+            "cursor",
+            "garbage",
+            "checkpoint metadata `cursor` = \"garbage\" is not EPOCH,POSITION",
+        ),
+        (
+            "step",
+            "step",
+            "-5",
+            "checkpoint metadata `step` = \"-5\" is not a non-negative integer",
+        ),
+        (
+            "optim_step",
+            "optim_step",
+            "0",
+            "is present but the optimiser step is 0",
+        ),
+    ];
+    for (name, key, value, want) in meta_cases {
+        let p = dir.join(format!("meta_{name}.safetensors"));
+        rewrite_checkpoint(&ck, &p, no_tensor_edit, |m| {
+            m.insert(key.to_string(), value.to_string());
+        });
+        assert_clean(run(&dir.join(format!("rm_{name}")), "2", Some(&p)), want);
+    }
+    let p = dir.join("meta_nocursor.safetensors");
+    rewrite_checkpoint(&ck, &p, no_tensor_edit, |m| {
+        m.remove("cursor");
+    });
+    assert_clean(
+        run(&dir.join("rm_nocursor"), "2", Some(&p)),
+        "checkpoint metadata lacks `cursor`",
+    );
+}
+
 #[test]
 fn a_training_set_with_a_bom_trains_and_an_empty_one_says_why_in_words() {
     let (dir, w, cfg) = setup("train_cli_set_text", Uncertainty::Diag);

@@ -61,6 +61,8 @@ keypoints_3d [B,21,4], mano_params.{global_orient [B,3], hand_pose [B,45], betas
 has_mano_params.{global_orient,hand_pose,betas} [B], optional sample_eps [B,N,63],
 optional mocap.hand_pose [M,45] and mocap.betas [M,10].
 A step with a non-finite loss or gradient is skipped and counted; checkpoints never hold one.
+--resume needs a checkpoint the run can continue bit for bit: every tensor of its shape, both
+optimiser moments of every parameter, valid step, seed and cursor metadata.
 ";
 
 fn opt<T: std::str::FromStr>(p: &mut pico_args::Arguments, flag: &'static str) -> Result<Option<T>>
