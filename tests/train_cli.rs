@@ -154,15 +154,22 @@ fn resume_is_bitwise_identical() {
     assert!(a[3]["loss"].as_f64().unwrap() < a[0]["loss"].as_f64().unwrap());
 }
 
-#[test]
-fn a_nan_in_the_batch_is_skipped() {
-    let (dir, w, cfg) = setup("train_cli_nan", Uncertainty::Diag);
+/// The fixture batch with tensor `name`'s values changed by `edit`, written to `dir/file`.
+fn edited_batch(dir: &Path, file: &str, name: &str, edit: impl Fn(&mut [f32])) -> PathBuf {
     let mut t = read_all(&fixture("train_tiny_batch.safetensors"));
-    let kp = t.iter_mut().find(|x| x.name == "keypoints_3d").unwrap();
-    let v: &mut [f32] = bytemuck::cast_slice_mut(&mut kp.data);
-    v[5] = f32::NAN;
-    let bad = dir.join("nan_batch.safetensors");
-    write_all(&bad, &t);
+    let x = t.iter_mut().find(|x| x.name == name).unwrap();
+    edit(bytemuck::cast_slice_mut(&mut x.data));
+    let p = dir.join(file);
+    write_all(&p, &t);
+    p
+}
+
+#[test]
+fn a_non_finite_step_is_skipped() {
+    // A NaN label is an error at load (below); an image of finite but huge values gets
+    // through and overflows the forward: the steps are skipped, the weights untouched.
+    let (dir, w, cfg) = setup("train_cli_nan", Uncertainty::Diag);
+    let bad = edited_batch(&dir, "huge_img.safetensors", "img", |v| v.fill(3e38));
     let out = dir.join("out");
     let r = train(&[
         "--config",
@@ -455,6 +462,132 @@ fn fine_tunes_an_uncertainty_head_from_a_plain_hamer_checkpoint() {
     // The checkpoint is a weights file for inference (its optimiser state is ignored).
     let model = handcov::model::HandModel::load(tiny_config(Uncertainty::Ours), &ck, None).unwrap();
     assert!(model.uncertainty_head.is_some());
+}
+
+/// The fixture batch with its tensor list changed by `edit`, written to `dir/file`.
+fn batch_with(dir: &Path, file: &str, edit: impl FnOnce(&mut Vec<RawTensor>)) -> PathBuf {
+    let mut t = read_all(&fixture("train_tiny_batch.safetensors"));
+    edit(&mut t);
+    let p = dir.join(file);
+    write_all(&p, &t);
+    p
+}
+
+fn replace(t: &mut Vec<RawTensor>, new: RawTensor) {
+    t.retain(|x| x.name != new.name);
+    t.push(new);
+}
+
+#[test]
+fn bad_batch_and_mocap_files_are_one_clean_error() {
+    let (dir, w, cfg) = setup("train_cli_bad_batch", Uncertainty::Ours);
+    let disc = fixture("train_tiny_discriminator.safetensors");
+    let out = dir.join("out");
+    let one_step = |batch: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "--config",
+            s(&cfg),
+            "--init",
+            s(&w),
+            "--batch-file",
+            s(batch),
+            "--steps",
+            "1",
+            "--out",
+            s(&out),
+            "--discriminator",
+            s(&disc),
+        ];
+        a.extend_from_slice(extra);
+        train(&a)
+    };
+    // A 0-d `mocap.hand_pose` panicked in `Tensor::dim`.
+    let scalar = batch_with(&dir, "mocap_scalar.safetensors", |t| {
+        replace(t, f32_tensor("mocap.hand_pose", &[], &[1.0]))
+    });
+    assert_clean(
+        one_step(&scalar, &[]),
+        "`mocap.hand_pose` has shape [], expected [K, 45]",
+    );
+    let empty = batch_with(&dir, "mocap_empty.safetensors", |t| {
+        replace(t, f32_tensor("mocap.hand_pose", &[0, 45], &[]));
+        replace(t, f32_tensor("mocap.betas", &[0, 10], &[]));
+    });
+    assert_clean(one_step(&empty, &[]), "holds no MoCap poses");
+    let flag = edited_batch(
+        &dir,
+        "flag2.safetensors",
+        "has_mano_params.hand_pose",
+        |v| v[1] = 2.0,
+    );
+    assert_clean(
+        one_step(&flag, &[]),
+        "`has_mano_params.hand_pose`[1] = 2: a flag must be 0 or 1",
+    );
+    let nan = edited_batch(&dir, "kp_nan.safetensors", "keypoints_3d", |v| {
+        v[5] = f32::NAN
+    });
+    assert_clean(
+        one_step(&nan, &[]),
+        "`keypoints_3d` holds a non-finite value (NaN) at flat index 5",
+    );
+    // The same checks hold for the validation batch.
+    let ok = fixture("train_tiny_batch.safetensors");
+    assert_clean(
+        one_step(&ok, &["--val-batch", s(&nan)]),
+        "kp_nan.safetensors: `keypoints_3d` holds a non-finite value",
+    );
+    let inf = edited_batch(&dir, "mocap_inf.safetensors", "mocap.betas", |v| {
+        v[12] = f32::INFINITY
+    });
+    assert_clean(
+        one_step(&inf, &[]),
+        "`mocap.betas` holds a non-finite value (inf) at flat index 12",
+    );
+    let conf = edited_batch(&dir, "conf.safetensors", "keypoints_2d", |v| {
+        v[3 * 2 + 2] = -1.0
+    });
+    assert_clean(
+        one_step(&conf, &[]),
+        "`keypoints_2d`[0, 2] has confidence -1, expected a value in [0, 1]",
+    );
+    let extra = batch_with(&dir, "extra.safetensors", |t| {
+        t.push(f32_tensor("foo", &[1], &[0.0]))
+    });
+    assert_clean(one_step(&extra, &[]), "unknown tensor `foo`");
+
+    // A `--mocap` file: a 0-d `hand_pose` panicked the same way.
+    let mocap = dir.join("mocap_scalar_file.safetensors");
+    write_all(
+        &mocap,
+        &[
+            f32_tensor("hand_pose", &[], &[0.0]),
+            f32_tensor("betas", &[3, 10], &[0.0; 30]),
+        ],
+    );
+    assert_clean(
+        one_step(&ok, &["--mocap", s(&mocap)]),
+        "`hand_pose` has shape [], expected [K, 45]",
+    );
+
+    // --dump-grads writes no non-finite loss or gradient: an image of huge finite values
+    // overflows the forward, which is an error naming the first non-finite term.
+    let huge = edited_batch(&dir, "huge_img.safetensors", "img", |v| v.fill(3e38));
+    let grads = dir.join("grads.safetensors");
+    let r = train(&[
+        "--config",
+        s(&cfg),
+        "--weights",
+        s(&w),
+        "--batch-file",
+        s(&huge),
+        "--discriminator",
+        s(&disc),
+        "--dump-grads",
+        s(&grads),
+    ]);
+    assert_clean(r, "--dump-grads: the loss term `loss_");
+    assert!(!grads.exists(), "a dump of non-finite values was written");
 }
 
 /// A copy of checkpoint `src` at `dst`, its tensors and metadata changed by the edits.

@@ -59,8 +59,10 @@ OPTIONS:
 The batch file holds the tensors of SPEC §1.5: img [B,3,S,S], keypoints_2d [B,21,3],
 keypoints_3d [B,21,4], mano_params.{global_orient [B,3], hand_pose [B,45], betas [B,10]},
 has_mano_params.{global_orient,hand_pose,betas} [B], optional sample_eps [B,N,63],
-optional mocap.hand_pose [M,45] and mocap.betas [M,10].
-A step with a non-finite loss or gradient is skipped and counted; checkpoints never hold one.
+optional mocap.hand_pose [M,45] and mocap.betas [M,10] (M ≥ 1), and nothing else. Every value
+is finite, the has_mano_params flags are 0 or 1 and the keypoint confidences lie in [0, 1].
+A step with a non-finite loss or gradient is skipped and counted; checkpoints never hold one,
+and --dump-grads writes none (it stops with an error naming the first).
 --resume needs a checkpoint the run can continue bit for bit: every tensor of its shape, both
 optimiser moments of every parameter, valid step, seed and cursor metadata.
 ";
@@ -280,6 +282,26 @@ fn dump_grads(a: &Args, weights: &Path, out: &Path) -> Result<()> {
             ));
         }
     }
+    // A non-finite loss or gradient is no comparison: name the first one (the terms before
+    // their total) instead of writing it.
+    let bad = owned[1..].iter().chain(&owned[..1]).find_map(|(n, t)| {
+        t.data()
+            .iter()
+            .position(|v| !v.is_finite())
+            .map(|i| (n, i, t))
+    });
+    if let Some((name, i, t)) = bad {
+        let what = if name.starts_with("grad") {
+            format!("gradient `{name}` is {} at {i}", t.data()[i])
+        } else {
+            format!("loss term `{name}` is {}", t.data()[i])
+        };
+        return Err(Error::Input(format!(
+            "--dump-grads: the {what} on {}; nothing written to {}",
+            bf.display(),
+            out.display()
+        )));
+    }
     let refs: Vec<(&str, &Tensor)> = owned.iter().map(|(n, t)| (n.as_str(), t)).collect();
     save_f32(out, &refs, None)?;
     eprintln!(
@@ -357,27 +379,8 @@ fn train(a: &Args) -> Result<()> {
             ))
         }
     };
-    let mocap = match &a.mocap {
-        Some(p) => {
-            let f = TensorFile::open(p)?;
-            let hp = f.f32("hand_pose", None)?;
-            let k = hp.dim(0);
-            hp.expect_shape("MoCap hand_pose", &[k, 45])?;
-            let betas = f.f32("betas", Some(&[k, 10]))?;
-            if k == 0 {
-                return Err(Error::Input(format!(
-                    "{}: the MoCap file holds no poses",
-                    p.display()
-                )));
-            }
-            Some(MocapStream {
-                hand_pose: hp.into_vec(),
-                betas: betas.into_vec(),
-                per_step: 2 * a.batch_size,
-            })
-        }
-        None => None,
-    };
+    // MoCap rows per step: 2·B of the batch at hand (`MocapStream::at`).
+    let mocap = a.mocap.as_deref().map(MocapStream::load).transpose()?;
     // The discriminator: --discriminator, else the one a converted HaMeR checkpoint carries.
     let disc_file = match &a.discriminator {
         Some(d) => Some(d.clone()),
@@ -445,7 +448,7 @@ fn train(a: &Args) -> Result<()> {
     while trainer.state.step < a.steps {
         let mut batch = source.next_batch()?;
         if let Some(m) = &mocap {
-            batch.mocap = Some(m.at(trainer.state.step));
+            batch.mocap = Some(m.at(trainer.state.step, 2 * batch.b));
         }
         let r = trainer.step(&batch)?;
         trainer.state.cursor = source.cursor();
