@@ -590,6 +590,88 @@ fn bad_batch_and_mocap_files_are_one_clean_error() {
     assert!(!grads.exists(), "a dump of non-finite values was written");
 }
 
+#[test]
+fn bad_flags_are_one_clean_error() {
+    let (dir, w, cfg) = setup("train_cli_bad_flags", Uncertainty::Diag);
+    let batch = fixture("train_tiny_batch.safetensors");
+    let out = dir.join("out");
+    let base = |source: &[&str], extra: &[&str]| {
+        let mut a = vec!["--config", s(&cfg), "--init", s(&w)];
+        a.extend_from_slice(source);
+        a.extend_from_slice(extra);
+        train(&a)
+    };
+    let file = ["--batch-file", s(&batch), "--out", s(&out), "--steps", "1"];
+    // --batch-size with --batch-file once only sized the MoCap stream; a huge one aborted.
+    assert_clean(
+        base(&file, &["--batch-size", "8"]),
+        "--batch-size has no meaning with --batch-file",
+    );
+    assert_clean(
+        base(&file, &["--batch-size", "1000000000000"]),
+        "--batch-size 1000000000000: expected 1 to 4096",
+    );
+    let set = tiny_dataset(&dir);
+    assert_clean(
+        base(
+            &["--data", s(&set), "--out", s(&out), "--steps", "1"],
+            &["--batch-size", "10000000"],
+        ),
+        "--batch-size 10000000: expected 1 to 4096",
+    );
+    // -1 did gradient ascent, 0 froze the weights, nan and inf were ignored.
+    for v in ["-1", "0", "nan", "inf"] {
+        assert_clean(
+            base(&file, &["--clip-grad", v]),
+            "expected a finite number above 0",
+        );
+    }
+    assert_clean(
+        base(&file, &["--threads", "100000"]),
+        "--threads 100000: expected 1 to 1024",
+    );
+    assert_clean(
+        base(&file, &["--steps", "2"]),
+        "--steps is given more than once",
+    );
+    assert_clean(
+        base(
+            &["--batch-file", s(&batch), "--out", s(&out)],
+            &["--steps", "0"],
+        ),
+        "--steps 0: expected 1 to 1000000000",
+    );
+    assert_clean(
+        base(&file, &["--log-every", "99999999999"]),
+        "--log-every 99999999999: expected 0 to",
+    );
+    assert_clean(
+        base(&file, &["--val-every", "5"]),
+        "--val-every needs --val-batch",
+    );
+    assert_clean(
+        base(&file, &["--weight-decay", "nan"]),
+        "--weight-decay NaN",
+    );
+    // --out naming a file said "File exists (os error 17)".
+    let plain = dir.join("plain.txt");
+    std::fs::write(&plain, "x").unwrap();
+    assert_clean(
+        base(
+            &[
+                "--batch-file",
+                s(&batch),
+                "--out",
+                s(&plain),
+                "--steps",
+                "1",
+            ],
+            &[],
+        ),
+        "is not a directory",
+    );
+}
+
 /// A copy of checkpoint `src` at `dst`, its tensors and metadata changed by the edits.
 fn rewrite_checkpoint(
     src: &Path,
