@@ -111,4 +111,33 @@ fn writes_a_training_set_and_a_freihand_layout() {
     generate(&dir.join("set"), &cfg, &mano, false).unwrap();
     assert_eq!(TrainSet::open(&paths.train).unwrap().len(), cfg.n_train);
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), text);
+    // A set damaged after it was written (its marker intact) is regenerated too: an emptied
+    // ground-truth file, a removed image, a removed split, no marker.
+    let xyz_path = paths.test.join("evaluation_xyz.json");
+    type Spoil<'a> = Box<dyn Fn() + 'a>;
+    let damage: [(&str, Spoil); 4] = [
+        (
+            "empty xyz",
+            Box::new(|| std::fs::write(&xyz_path, "").unwrap()),
+        ),
+        (
+            "missing image",
+            Box::new(|| std::fs::remove_file(paths.train.join("images/000001.jpg")).unwrap()),
+        ),
+        (
+            "missing test split",
+            Box::new(|| std::fs::remove_dir_all(&paths.test).unwrap()),
+        ),
+        (
+            "no marker",
+            Box::new(|| std::fs::remove_file(&marker).unwrap()),
+        ),
+    ];
+    for (what, spoil) in damage {
+        spoil();
+        generate(&dir.join("set"), &cfg, &mano, false).unwrap();
+        assert_eq!(read_gt_xyz(&xyz_path).unwrap().n(), cfg.n_test, "{what}");
+        assert!(paths.train.join("images/000001.jpg").is_file(), "{what}");
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), text, "{what}");
+    }
 }

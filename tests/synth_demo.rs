@@ -119,16 +119,69 @@ fn the_demo_command_writes_everything() {
     // The overlay is a PNG of 3× the tiny crop.
     let img = image::open(out.join("pictures/overlay_000.png")).unwrap();
     assert_eq!((img.width(), img.height()), (384, 384));
-    // Bad demo flags are one clean error.
-    let o = Command::new(env!("CARGO_BIN_EXE_train"))
-        .args(["--demo", "--steps", "0"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(
-        err.lines().filter(|l| l.starts_with("error:")).count(),
-        1,
-        "{err}"
+    // Bad demo flags are one clean error, before any generation or training.
+    let plain = dir.join("plain.txt");
+    std::fs::write(&plain, "x").unwrap();
+    for (args, want) in [
+        (vec!["--steps", "0"], "--steps 0: expected 1 to"),
+        // --lr -1 trained by gradient ascent, 0 did not train.
+        (
+            vec!["--lr", "-1"],
+            "--lr -1: expected a finite number above 0",
+        ),
+        (
+            vec!["--lr", "0"],
+            "--lr 0: expected a finite number above 0",
+        ),
+        (
+            vec!["--lr", "nan"],
+            "--lr NaN: expected a finite number above 0",
+        ),
+        // 100000 threads hung for minutes.
+        (
+            vec!["--threads", "100000"],
+            "--threads 100000: expected 1 to 1024",
+        ),
+        (
+            vec!["--batch-size", "100000"],
+            "--batch-size 100000: expected 1 to 4096",
+        ),
+        (
+            vec!["--synth-train", "99999999999"],
+            "--synth-train 99999999999: expected 1 to",
+        ),
+        (vec!["--synth-test", "0"], "--synth-test 0: expected 1 to"),
+        (vec!["--pictures", "-1"], "--pictures"),
+        (
+            vec!["--synth-train", "4", "--batch-size", "8"],
+            "--synth-train 4 is below the batch size 8",
+        ),
+        (
+            vec!["--steps", "1", "--steps", "2"],
+            "--steps is given more than once",
+        ),
+        // --out naming a file said "File exists (os error 17)".
+        (vec!["--out", plain.to_str().unwrap()], "is not a directory"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_train"))
+            .arg("--demo")
+            .args(&args)
+            .args(["--device", "cpu", "--cache"])
+            .arg(dir.join("no_cache"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(
+            lines[0].contains(want),
+            "{args:?}: `{want}` not in {}",
+            lines[0]
+        );
+    }
+    assert!(
+        !dir.join("no_cache").exists(),
+        "a bad flag started the generation"
     );
 }

@@ -44,6 +44,12 @@ USAGE (training):
                           (default 100) as `val_*` lines in the log
   --mocap FILE            MoCap poses for the discriminator: `hand_pose` [K,45] (axis-angle)
                           and `betas` [K,10]; 2·batch rows per step, cyclically
+  --batch-size N          items per step with --data (1 to 4096, default 64); a batch file
+                          sets its own (the two together are an error)
+  --threads N             loader threads for --data (1 to 1024; default one per core)
+  --clip-grad NORM        clip the gradients to this global L2 norm (a number above 0)
+  --log-every N           a progress line every N steps (default 1; 0: none)
+  --ckpt-every N          a checkpoint every N steps besides last.safetensors (default 0: none)
 
 OPTIONS:
   --config NAME_OR_FILE   preset (hamer, tiny) or config JSON; --uncertainty overrides its type
@@ -59,17 +65,23 @@ OPTIONS:
 The batch file holds the tensors of SPEC §1.5: img [B,3,S,S], keypoints_2d [B,21,3],
 keypoints_3d [B,21,4], mano_params.{global_orient [B,3], hand_pose [B,45], betas [B,10]},
 has_mano_params.{global_orient,hand_pose,betas} [B], optional sample_eps [B,N,63],
-optional mocap.hand_pose [M,45] and mocap.betas [M,10].
-A step with a non-finite loss or gradient is skipped and counted; checkpoints never hold one.
+optional mocap.hand_pose [M,45] and mocap.betas [M,10] (M ≥ 1), and nothing else. Every value
+is finite, the has_mano_params flags are 0 or 1 and the keypoint confidences lie in [0, 1].
+A step with a non-finite loss or gradient is skipped and counted; checkpoints never hold one,
+and --dump-grads writes none (it stops with an error naming the first).
+--resume needs a checkpoint the run can continue bit for bit: every tensor of its shape, both
+optimiser moments of every parameter, valid step, seed and cursor metadata.
 ";
 
-fn opt<T: std::str::FromStr>(p: &mut pico_args::Arguments, flag: &'static str) -> Result<Option<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    p.opt_value_from_fn(flag, |v| v.parse::<T>().map_err(|e| format!("{e}")))
-        .map_err(|e| Error::Input(format!("{flag}: {e} (see --help)")))
-}
+/// Where `cli` sends the user for the usage.
+const SEE: &str = "--help";
+/// The most steps a run may ask for (far beyond any real run: HaMeR trains 275 000).
+const MAX_STEPS: usize = 1_000_000_000;
+/// The largest batch: far beyond what fits in memory at the model's sizes (HaMeR trains 64).
+const MAX_BATCH: usize = 4096;
+/// The demo's synthetic set sizes (the default is 12 000 + 600 hands, some 100 MB).
+const MAX_SYNTH_TRAIN: usize = 1_000_000;
+const MAX_SYNTH_TEST: usize = 100_000;
 
 struct Args {
     config: String,
@@ -93,57 +105,56 @@ struct Args {
     log_every: u64,
     ckpt_every: u64,
     data: Option<PathBuf>,
-    batch_size: usize,
+    /// `--batch-size` as given (only meaningful with `--data`; default 64 there).
+    batch_size: Option<usize>,
     mocap: Option<PathBuf>,
-    threads: usize,
+    /// Loader threads (`None`: one per core).
+    threads: Option<usize>,
     no_augment: bool,
     val_batch: Option<PathBuf>,
-    val_every: u64,
+    val_every: Option<u64>,
 }
 
 fn parse() -> Result<Option<Args>> {
+    use handcov::cli::{count, opt, positive};
     let mut p = pico_args::Arguments::from_env();
     if p.contains(["-h", "--help"]) {
         print!("{HELP}");
         return Ok(None);
     }
-    let a = Args {
-        config: opt(&mut p, "--config")?.unwrap_or_else(|| "hamer".into()),
-        uncertainty: opt(&mut p, "--uncertainty")?,
-        weights: opt(&mut p, "--weights")?,
-        init: opt(&mut p, "--init")?,
-        mano: opt(&mut p, "--mano")?,
-        batch_file: opt(&mut p, "--batch-file")?,
-        dump_grads: opt(&mut p, "--dump-grads")?,
-        discriminator: opt(&mut p, "--discriminator")?,
-        ours_nll: opt(&mut p, "--ours-nll")?.unwrap_or_else(|| "reference".into()),
-        device: opt(&mut p, "--device")?.unwrap_or_else(|| "auto".into()),
-        precision: opt(&mut p, "--precision")?.unwrap_or_else(|| "fp32".into()),
-        steps: opt(&mut p, "--steps")?.unwrap_or(0),
-        out: opt(&mut p, "--out")?,
-        resume: opt(&mut p, "--resume")?,
-        lr: opt(&mut p, "--lr")?.unwrap_or(1e-6),
-        weight_decay: opt(&mut p, "--weight-decay")?.unwrap_or(1e-4),
-        clip: opt(&mut p, "--clip-grad")?,
-        seed: opt(&mut p, "--seed")?.unwrap_or(0),
-        log_every: opt(&mut p, "--log-every")?.unwrap_or(1),
-        ckpt_every: opt(&mut p, "--ckpt-every")?.unwrap_or(0),
-        data: opt(&mut p, "--data")?,
-        batch_size: opt(&mut p, "--batch-size")?.unwrap_or(64),
-        mocap: opt(&mut p, "--mocap")?,
-        threads: opt(&mut p, "--threads")?.unwrap_or(0),
-        no_augment: p.contains("--no-augment"),
-        val_batch: opt(&mut p, "--val-batch")?,
-        val_every: opt(&mut p, "--val-every")?.unwrap_or(100),
+    let steps = |p: &mut pico_args::Arguments, flag, lo| -> Result<Option<u64>> {
+        Ok(count(p, flag, lo, MAX_STEPS, SEE)?.map(|n| n as u64))
     };
-    if a.batch_size == 0 {
-        return Err(Error::Input("--batch-size must be at least 1".into()));
-    }
-    if let Some(x) = p.finish().first() {
-        return Err(Error::Input(format!(
-            "unexpected argument {x:?} (see --help)"
-        )));
-    }
+    let a = Args {
+        config: opt(&mut p, "--config", SEE)?.unwrap_or_else(|| "hamer".into()),
+        uncertainty: opt(&mut p, "--uncertainty", SEE)?,
+        weights: opt(&mut p, "--weights", SEE)?,
+        init: opt(&mut p, "--init", SEE)?,
+        mano: opt(&mut p, "--mano", SEE)?,
+        batch_file: opt(&mut p, "--batch-file", SEE)?,
+        dump_grads: opt(&mut p, "--dump-grads", SEE)?,
+        discriminator: opt(&mut p, "--discriminator", SEE)?,
+        ours_nll: opt(&mut p, "--ours-nll", SEE)?.unwrap_or_else(|| "reference".into()),
+        device: opt(&mut p, "--device", SEE)?.unwrap_or_else(|| "auto".into()),
+        precision: opt(&mut p, "--precision", SEE)?.unwrap_or_else(|| "fp32".into()),
+        steps: steps(&mut p, "--steps", 1)?.unwrap_or(0),
+        out: opt(&mut p, "--out", SEE)?,
+        resume: opt(&mut p, "--resume", SEE)?,
+        lr: positive(&mut p, "--lr", SEE)?.unwrap_or(1e-6),
+        weight_decay: opt(&mut p, "--weight-decay", SEE)?.unwrap_or(1e-4),
+        clip: positive(&mut p, "--clip-grad", SEE)?,
+        seed: opt(&mut p, "--seed", SEE)?.unwrap_or(0),
+        log_every: steps(&mut p, "--log-every", 0)?.unwrap_or(1),
+        ckpt_every: steps(&mut p, "--ckpt-every", 0)?.unwrap_or(0),
+        data: opt(&mut p, "--data", SEE)?,
+        batch_size: count(&mut p, "--batch-size", 1, MAX_BATCH, SEE)?,
+        mocap: opt(&mut p, "--mocap", SEE)?,
+        threads: handcov::cli::threads(&mut p, SEE)?,
+        no_augment: p.contains("--no-augment"),
+        val_batch: opt(&mut p, "--val-batch", SEE)?,
+        val_every: steps(&mut p, "--val-every", 1)?,
+    };
+    handcov::cli::finish(p, HELP, SEE)?;
     DeviceChoice::parse(&a.device)?;
     Precision::parse(&a.precision)?;
     if a.ours_nll != "reference" && a.ours_nll != "exact" {
@@ -152,11 +163,22 @@ fn parse() -> Result<Option<Args>> {
             a.ours_nll
         )));
     }
-    let lr_ok = a.lr.is_finite() && a.lr > 0.0;
-    let wd_ok = a.weight_decay.is_finite() && a.weight_decay >= 0.0;
-    if !lr_ok || !wd_ok {
+    if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
+        return Err(Error::Input(format!(
+            "--weight-decay {}: expected a finite number ≥ 0",
+            a.weight_decay
+        )));
+    }
+    if a.batch_file.is_some() && a.batch_size.is_some() {
         return Err(Error::Input(
-            "--lr must be positive and --weight-decay non-negative".into(),
+            "--batch-size has no meaning with --batch-file: the batch file's `img` [B, 3, S, S] \
+             sets the batch size (--batch-size is for --data)"
+                .into(),
+        ));
+    }
+    if a.val_every.is_some() && a.val_batch.is_none() {
+        return Err(Error::Input(
+            "--val-every needs --val-batch FILE (the batch to validate on)".into(),
         ));
     }
     Ok(Some(a))
@@ -278,6 +300,26 @@ fn dump_grads(a: &Args, weights: &Path, out: &Path) -> Result<()> {
             ));
         }
     }
+    // A non-finite loss or gradient is no comparison: name the first one (the terms before
+    // their total) instead of writing it.
+    let bad = owned[1..].iter().chain(&owned[..1]).find_map(|(n, t)| {
+        t.data()
+            .iter()
+            .position(|v| !v.is_finite())
+            .map(|i| (n, i, t))
+    });
+    if let Some((name, i, t)) = bad {
+        let what = if name.starts_with("grad") {
+            format!("gradient `{name}` is {} at {i}", t.data()[i])
+        } else {
+            format!("loss term `{name}` is {}", t.data()[i])
+        };
+        return Err(Error::Input(format!(
+            "--dump-grads: the {what} on {}; nothing written to {}",
+            bf.display(),
+            out.display()
+        )));
+    }
     let refs: Vec<(&str, &Tensor)> = owned.iter().map(|(n, t)| (n.as_str(), t)).collect();
     save_f32(out, &refs, None)?;
     eprintln!(
@@ -320,21 +362,22 @@ fn train(a: &Args) -> Result<()> {
         .as_ref()
         .ok_or_else(|| Error::Input("training needs --out DIR".into()))?;
     if a.steps == 0 {
-        return Err(Error::Input("--steps must be at least 1".into()));
+        return Err(Error::Input("training needs --steps N (1 or more)".into()));
     }
+    handcov::train::check_out_dir("--out", out)?;
     let model = load_model_with(a, init, true)?;
     let size = model.config.image_size;
     // The batch size every step has: --batch-size, or the batch file's own.
-    let mut step_batch = a.batch_size;
+    let mut step_batch = a.batch_size.unwrap_or(64);
     let mut source: Box<dyn BatchSource> = match (&a.data, &a.batch_file) {
         (Some(dir), None) => {
             let set = std::sync::Arc::new(TrainSet::open(dir)?);
             eprintln!("training set {}: {} hands", dir.display(), set.len());
             let opts = LoaderOptions {
-                batch_size: a.batch_size,
+                batch_size: step_batch,
                 image_size: size,
                 seed: a.seed,
-                threads: a.threads,
+                threads: a.threads.unwrap_or(0),
                 augment: if a.no_augment {
                     None
                 } else {
@@ -355,27 +398,8 @@ fn train(a: &Args) -> Result<()> {
             ))
         }
     };
-    let mocap = match &a.mocap {
-        Some(p) => {
-            let f = TensorFile::open(p)?;
-            let hp = f.f32("hand_pose", None)?;
-            let k = hp.dim(0);
-            hp.expect_shape("MoCap hand_pose", &[k, 45])?;
-            let betas = f.f32("betas", Some(&[k, 10]))?;
-            if k == 0 {
-                return Err(Error::Input(format!(
-                    "{}: the MoCap file holds no poses",
-                    p.display()
-                )));
-            }
-            Some(MocapStream {
-                hand_pose: hp.into_vec(),
-                betas: betas.into_vec(),
-                per_step: 2 * a.batch_size,
-            })
-        }
-        None => None,
-    };
+    // MoCap rows per step: 2·B of the batch at hand (`MocapStream::at`).
+    let mocap = a.mocap.as_deref().map(MocapStream::load).transpose()?;
     // The discriminator: --discriminator, else the one a converted HaMeR checkpoint carries.
     let disc_file = match &a.discriminator {
         Some(d) => Some(d.clone()),
@@ -395,7 +419,7 @@ fn train(a: &Args) -> Result<()> {
             None
         }
     };
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    handcov::train::create_out_dir("--out", out)?;
     let adamw = AdamWConfig {
         lr: a.lr,
         weight_decay: a.weight_decay,
@@ -443,7 +467,7 @@ fn train(a: &Args) -> Result<()> {
     while trainer.state.step < a.steps {
         let mut batch = source.next_batch()?;
         if let Some(m) = &mocap {
-            batch.mocap = Some(m.at(trainer.state.step));
+            batch.mocap = Some(m.at(trainer.state.step, 2 * batch.b));
         }
         let r = trainer.step(&batch)?;
         trainer.state.cursor = source.cursor();
@@ -473,10 +497,8 @@ fn train(a: &Args) -> Result<()> {
                 eta
             );
         }
-        if let (Some(vb), true) = (
-            &val,
-            a.val_every > 0 && trainer.state.step % a.val_every == 0,
-        ) {
+        let val_every = a.val_every.unwrap_or(100);
+        if let (Some(vb), true) = (&val, trainer.state.step % val_every == 0) {
             // Validation: the same objective on the held-out batch, no update.
             let opts = StepOptions {
                 seed: a.seed,
@@ -513,35 +535,35 @@ fn train(a: &Args) -> Result<()> {
 
 /// `train` with no arguments, or `train --demo [options]`: the synthetic-hand demo.
 fn demo() -> Result<()> {
+    use handcov::cli::{count, opt, positive};
     let mut p = pico_args::Arguments::from_env();
     let _ = p.contains("--demo");
     let d = DemoOptions::default();
     let mut o = DemoOptions {
-        steps: opt(&mut p, "--steps")?.unwrap_or(d.steps),
-        batch_size: opt(&mut p, "--batch-size")?.unwrap_or(d.batch_size),
-        out: opt(&mut p, "--out")?.unwrap_or(d.out.clone()),
-        cache: opt(&mut p, "--cache")?,
-        threads: opt(&mut p, "--threads")?.unwrap_or(d.threads),
-        seed: opt(&mut p, "--seed")?.unwrap_or(d.seed),
-        lr: opt(&mut p, "--lr")?.unwrap_or(d.lr),
-        pictures: opt(&mut p, "--pictures")?.unwrap_or(d.pictures),
+        steps: count(&mut p, "--steps", 1, MAX_STEPS, SEE)?.map_or(d.steps, |n| n as u64),
+        batch_size: count(&mut p, "--batch-size", 1, MAX_BATCH, SEE)?.unwrap_or(d.batch_size),
+        out: opt(&mut p, "--out", SEE)?.unwrap_or(d.out.clone()),
+        cache: opt(&mut p, "--cache", SEE)?,
+        threads: handcov::cli::threads(&mut p, SEE)?.unwrap_or(d.threads),
+        seed: opt(&mut p, "--seed", SEE)?.unwrap_or(d.seed),
+        lr: positive(&mut p, "--lr", SEE)?.unwrap_or(d.lr),
+        pictures: count(&mut p, "--pictures", 0, MAX_SYNTH_TEST, SEE)?.unwrap_or(d.pictures),
         device: DeviceChoice::parse(
-            &opt::<String>(&mut p, "--device")?.unwrap_or_else(|| "auto".into()),
+            &opt::<String>(&mut p, "--device", SEE)?.unwrap_or_else(|| "auto".into()),
         )?,
         ..d.clone()
     };
-    o.synth.n_train = opt(&mut p, "--synth-train")?.unwrap_or(d.synth.n_train);
-    o.synth.n_test = opt(&mut p, "--synth-test")?.unwrap_or(d.synth.n_test);
-    if let Some(x) = p.finish().first() {
+    o.synth.n_train =
+        count(&mut p, "--synth-train", 1, MAX_SYNTH_TRAIN, SEE)?.unwrap_or(d.synth.n_train);
+    o.synth.n_test =
+        count(&mut p, "--synth-test", 1, MAX_SYNTH_TEST, SEE)?.unwrap_or(d.synth.n_test);
+    handcov::cli::finish(p, HELP, SEE)?;
+    if o.synth.n_train < o.batch_size {
         return Err(Error::Input(format!(
-            "unexpected argument {x:?} for the demo (see --help)"
+            "--synth-train {} is below the batch size {}: the demo needs at least one batch of \
+             training hands",
+            o.synth.n_train, o.batch_size
         )));
-    }
-    if o.steps == 0 || o.batch_size == 0 || o.synth.n_train < o.batch_size || o.synth.n_test == 0 {
-        return Err(Error::Input(
-            "the demo needs --steps ≥ 1, --batch-size ≥ 1, --synth-train ≥ the batch size and --synth-test ≥ 1"
-                .into(),
-        ));
     }
     handcov::synth::demo::run(&o).map(|_| ())
 }

@@ -472,23 +472,101 @@ pub fn fingerprint(cfg: &SynthConfig, mano: &Mano) -> Result<String> {
     Ok(format!("{h:016x}"))
 }
 
+/// The sizes of the files of a complete set under `root`: every single file by its path, and
+/// the images of each split as one total. `Err` names the first missing file.
+fn survey(root: &Path, cfg: &SynthConfig) -> std::result::Result<Vec<(String, u64)>, String> {
+    let size = |rel: &str| -> std::result::Result<u64, String> {
+        match std::fs::metadata(root.join(rel)) {
+            Ok(m) if m.is_file() => Ok(m.len()),
+            _ => Err(format!("{rel} is missing")),
+        }
+    };
+    let mut out = Vec::new();
+    for rel in [
+        "train/annotations.jsonl",
+        "test/evaluation_xyz.json",
+        "test/evaluation_verts.json",
+        "test/evaluation_K.json",
+        "test/eval_set.json",
+        "test/nuisances.json",
+    ] {
+        out.push((rel.to_string(), size(rel)?));
+    }
+    let mut total = 0;
+    for i in 0..cfg.n_train {
+        total += size(&format!("train/images/{i:06}.jpg"))?;
+    }
+    out.push((format!("train/images ({} files)", cfg.n_train), total));
+    let mut total = 0;
+    for k in 0..cfg.n_test {
+        total += size(&format!("test/evaluation/rgb/{k:08}.jpg"))?;
+    }
+    out.push((format!("test/evaluation/rgb ({} files)", cfg.n_test), total));
+    Ok(out)
+}
+
+/// Whether the set under `root` is the one `marker_text` (the `.complete` marker) describes:
+/// the same stamp, and every file there with the size it had when the set was written.
+/// `Err` says what differs.
+fn check_complete(
+    root: &Path,
+    cfg: &SynthConfig,
+    stamp: &str,
+    marker_text: &str,
+) -> std::result::Result<(), String> {
+    let Some(sizes) = marker_text
+        .strip_prefix(stamp)
+        .and_then(|r| r.strip_prefix('\n'))
+    else {
+        return Err("it is from another configuration or generator version".into());
+    };
+    let now = survey(root, cfg)?;
+    let recorded: Vec<&str> = sizes.lines().collect();
+    if recorded.len() != now.len() {
+        return Err("its completion marker lists other files".into());
+    }
+    for ((what, bytes), line) in now.iter().zip(recorded) {
+        match line.split_once('\t') {
+            Some((w, b)) if w == what && b == bytes.to_string() => {}
+            Some((w, b)) if w == what => {
+                return Err(format!("{what} has {bytes} bytes, {b} when it was written"))
+            }
+            _ => return Err("its completion marker lists other files".into()),
+        }
+    }
+    Ok(())
+}
+
 /// Generates the set under `root` unless a complete one with the same configuration and
-/// [`fingerprint`] is there (the `.complete` marker holds both). Returns the paths.
+/// [`fingerprint`] is there. The `.complete` marker, written last, holds both and the size of
+/// every file: a set that is incomplete (the generator was stopped), from another generator,
+/// or damaged since (a file removed, emptied or cut short) is deleted and generated again.
+/// Returns the paths.
 pub fn generate(root: &Path, cfg: &SynthConfig, mano: &Mano, log: bool) -> Result<SynthPaths> {
     let paths = SynthPaths::new(root);
     let marker = root.join(".complete");
     let stamp = format!("{}\n{}", cfg.key(), fingerprint(cfg, mano)?);
-    if std::fs::read_to_string(&marker).is_ok_and(|k| k.trim() == stamp) {
-        return Ok(paths);
-    }
+    let why = match std::fs::read_to_string(&marker) {
+        Ok(text) => match check_complete(root, cfg, &stamp, &text) {
+            Ok(()) => return Ok(paths),
+            Err(why) => why,
+        },
+        Err(_) => "it has no completion marker (an interrupted generation?)".into(),
+    };
     if log && root.exists() {
         eprintln!(
-            "synthetic set: {} is incomplete or from another generator version; regenerating",
+            "synthetic set: {} is not usable ({why}); regenerating",
             root.display()
         );
     }
     if root.exists() {
-        std::fs::remove_dir_all(root).map_err(|e| Error::io(root, e))?;
+        std::fs::remove_dir_all(root).map_err(|e| {
+            Error::Input(format!(
+                "synthetic set {} is not usable ({why}) and cannot be removed ({e}): delete it \
+                 to regenerate",
+                root.display()
+            ))
+        })?;
     }
     let t0 = std::time::Instant::now();
     let mkdir = |p: &Path| std::fs::create_dir_all(p).map_err(|e| Error::io(p, e));
@@ -592,7 +670,18 @@ pub fn generate(root: &Path, cfg: &SynthConfig, mano: &Mano, log: bool) -> Resul
         .map(|s| json!({"nuisance": s.nuisance, "cam_t": s.cam_t}))
         .collect();
     write_json(paths.test.join("nuisances.json"), json!(nz))?;
-    std::fs::write(&marker, &stamp).map_err(|e| Error::io(&marker, e))?;
+    // The marker last: a set without it is incomplete.
+    let sizes = survey(root, cfg).map_err(|m| {
+        Error::Input(format!(
+            "synthetic set {}: {m} after writing it",
+            root.display()
+        ))
+    })?;
+    let mut text = stamp;
+    for (what, bytes) in sizes {
+        text.push_str(&format!("\n{what}\t{bytes}"));
+    }
+    std::fs::write(&marker, &text).map_err(|e| Error::io(&marker, e))?;
     if log {
         eprintln!(
             "synthetic set: {} + {} hands in {:.1} s under {}",

@@ -401,10 +401,11 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport> {
     let t0 = std::time::Instant::now();
     let hand = procedural_hand();
     let mano = hand.mano()?;
+    // The output directory first: a bad --out fails before minutes of generation.
+    crate::train::create_out_dir("--out", &o.out)?;
     let root = cache_root(o).join(format!("synth-{}", o.synth.key()));
     eprintln!("demo: synthetic hands under {}", root.display());
     let paths: SynthPaths = generate(&root, &o.synth, &mano, true)?;
-    std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
     let mano_path = o.out.join("procedural_hand.safetensors");
     hand.save(&mano_path)?;
 

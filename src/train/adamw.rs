@@ -64,6 +64,65 @@ impl AdamW {
         }
     }
 
+    /// Checks a restored state against the parameters it updates (`(name, length)` pairs),
+    /// naming the moments `{prefix}.exp_avg.<name>` / `{prefix}.exp_avg_sq.<name>` in the
+    /// message: at step 0 there are no moments; after that every parameter has both, of its
+    /// length, finite, the second moment non-negative; there is no moment of another name. A
+    /// state that fails this cannot continue bit for bit ([`AdamW::update`] would start a
+    /// missing moment at zero).
+    pub fn check_state(
+        &self,
+        prefix: &str,
+        params: &[(String, usize)],
+    ) -> std::result::Result<(), String> {
+        let len: BTreeMap<&str, usize> = params.iter().map(|(n, l)| (n.as_str(), *l)).collect();
+        for (kind, map) in [("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
+            for (name, m) in map {
+                let full = format!("{prefix}.{kind}.{name}");
+                let Some(&n) = len.get(name.as_str()) else {
+                    return Err(format!(
+                        "`{full}` is the moment of no parameter of the model"
+                    ));
+                };
+                if self.step == 0 {
+                    return Err(format!(
+                        "`{full}` is present but the optimiser step is 0 (no update yet)"
+                    ));
+                }
+                if m.len() != n {
+                    return Err(format!(
+                        "`{full}` holds {} values, the parameter has {n}",
+                        m.len()
+                    ));
+                }
+                if let Some(i) = m.iter().position(|v| !v.is_finite()) {
+                    return Err(format!(
+                        "`{full}` holds a non-finite value ({}) at {i}",
+                        m[i]
+                    ));
+                }
+                if kind == "exp_avg_sq" {
+                    if let Some(i) = m.iter().position(|&v| v < 0.0) {
+                        return Err(format!(
+                            "`{full}` holds a negative value ({}) at {i}: a second moment is \
+                             never negative",
+                            m[i]
+                        ));
+                    }
+                }
+            }
+            if self.step > 0 {
+                if let Some((name, _)) = params.iter().find(|(n, _)| !map.contains_key(n)) {
+                    return Err(format!(
+                        "`{prefix}.{kind}.{name}` is missing (optimiser step {})",
+                        self.step
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One update of every `(name, values)` parameter that has a gradient in `grads`
     /// (parameters without one are left untouched, as PyTorch skips `grad is None`).
     pub fn update<'a>(
@@ -99,6 +158,8 @@ impl AdamW {
             if g.len() != p.len() {
                 continue;
             }
+            // A moment starts at zero on a parameter's first update. (A restored state is
+            // checked by `check_state`: every moment there has its parameter's length.)
             let moment = |map: &mut BTreeMap<String, Vec<f32>>| match map.remove(&name) {
                 Some(m) if m.len() == p.len() => m,
                 _ => vec![0.0; p.len()],
@@ -164,5 +225,43 @@ mod tests {
         g.map.insert("a".into(), vec![3.0]);
         g.map.insert("b".into(), vec![4.0]);
         assert!((global_norm(&g) - 5.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_restored_state_must_match_the_parameters() {
+        let params = vec![("a".to_string(), 2), ("b".to_string(), 1)];
+        let full = |step: u64| {
+            let mut o = AdamW::new(AdamWConfig::default());
+            o.step = step;
+            for (n, l) in &params {
+                o.exp_avg.insert(n.clone(), vec![0.1; *l]);
+                o.exp_avg_sq.insert(n.clone(), vec![0.01; *l]);
+            }
+            o
+        };
+        full(3).check_state("optim", &params).unwrap();
+        AdamW::new(AdamWConfig::default())
+            .check_state("optim", &params)
+            .unwrap();
+        let err = |o: AdamW| o.check_state("optim", &params).unwrap_err();
+        let mut o = full(3);
+        o.exp_avg.insert("a".into(), vec![0.1; 3]);
+        assert_eq!(
+            err(o),
+            "`optim.exp_avg.a` holds 3 values, the parameter has 2"
+        );
+        let mut o = full(3);
+        o.exp_avg_sq.remove("b");
+        assert_eq!(err(o), "`optim.exp_avg_sq.b` is missing (optimiser step 3)");
+        let mut o = full(3);
+        o.exp_avg.insert("c".into(), vec![0.0]);
+        assert!(err(o).contains("`optim.exp_avg.c` is the moment of no parameter"));
+        assert!(err(full(0)).contains("the optimiser step is 0"));
+        let mut o = full(3);
+        o.exp_avg_sq.get_mut("a").unwrap()[1] = -1.0;
+        assert!(err(o).contains("`optim.exp_avg_sq.a` holds a negative value (-1) at 1"));
+        let mut o = full(3);
+        o.exp_avg.get_mut("b").unwrap()[0] = f32::NAN;
+        assert!(err(o).contains("`optim.exp_avg.b` holds a non-finite value (NaN) at 0"));
     }
 }

@@ -45,16 +45,9 @@ pub fn save(
         owned.push((name, t));
         Ok(())
     };
-    let v = &model.config.vit;
-    let patch_shape = [v.embed_dim, 3, v.patch_size, v.patch_size];
+    let patch = patch_shape(model);
     for (name, t) in model.params_mut() {
-        // The patch-embedding weight is kept flattened `[C, 3·P·P]` in memory; store PyTorch's
-        // `[C, 3, P, P]` so the checkpoint is a weights file.
-        let shape = if name == "backbone.patch_embed.proj.weight" {
-            patch_shape.to_vec()
-        } else {
-            t.shape().to_vec()
-        };
+        let shape = stored_shape(&patch, &name, t);
         push(name.clone(), Tensor::from_vec(&shape, t.data().to_vec())?)?;
     }
     for (name, m) in &opt.exp_avg {
@@ -134,75 +127,127 @@ pub fn save(
     save_tensors(path, &refs, &ints, Some(meta))
 }
 
+/// A non-negative integer of the metadata; missing and invalid are told apart.
 fn meta_u64(meta: &HashMap<String, String>, key: &str, path: &Path) -> Result<u64> {
-    meta.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| {
+    let v = meta.get(key).ok_or_else(|| {
         Error::Weights(format!(
             "{}: checkpoint metadata lacks `{key}`",
+            path.display()
+        ))
+    })?;
+    v.parse().map_err(|_| {
+        Error::Weights(format!(
+            "{}: checkpoint metadata `{key}` = {v:?} is not a non-negative integer",
             path.display()
         ))
     })
 }
 
+/// A checkpoint's tensor holds only finite values (`save` never writes another).
+fn finite(path: &Path, name: &str, v: &[f32]) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(Error::Weights(format!(
+            "{}: `{name}` holds a non-finite value ({}) at {i}",
+            path.display(),
+            v[i]
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The shape a parameter is stored under: its own, except the patch-embedding weight, kept
+/// flattened `[C, 3·P·P]` in memory and stored as PyTorch's `[C, 3, P, P]` (`patch`), so that
+/// the checkpoint is a weights file.
+fn stored_shape(patch: &[usize], name: &str, t: &Tensor) -> Vec<usize> {
+    if name == "backbone.patch_embed.proj.weight" {
+        patch.to_vec()
+    } else {
+        t.shape().to_vec()
+    }
+}
+
+fn patch_shape(model: &HandModel) -> Vec<usize> {
+    let v = &model.config.vit;
+    vec![v.embed_dim, 3, v.patch_size, v.patch_size]
+}
+
 /// Restores a checkpoint into `model` (whose structure must match), the optimisers and the
-/// discriminator; returns the training state.
+/// discriminator; returns the training state. Anything that would not let the run continue
+/// bit for bit is an error: a tensor of another shape, a missing, mis-sized or negative
+/// optimiser moment (or a non-finite one), invalid metadata.
 pub fn load(
     path: &Path,
     model: &mut HandModel,
     opt: &mut AdamW,
     disc: Option<(&mut Discriminator<f32>, &mut AdamW)>,
 ) -> Result<TrainState> {
+    let shown = path.display();
     let f = TensorFile::open(path)?;
     let meta = f.metadata().cloned().unwrap_or_default();
     if meta.get("format").map(|s| s.as_str()) != Some("handcov-checkpoint-1") {
         return Err(Error::Weights(format!(
-            "{}: not a handcov training checkpoint (no format metadata)",
-            path.display()
+            "{shown}: not a handcov training checkpoint (no format metadata)"
         )));
     }
+    let patch = patch_shape(model);
+    let mut params = Vec::new();
     for (name, t) in model.params_mut() {
-        let src = f.f32(&name, None)?;
-        if src.numel() != t.numel() {
-            return Err(Error::Weights(format!(
-                "{}: `{name}` holds {} values, the model has {}",
-                path.display(),
-                src.numel(),
-                t.numel()
-            )));
-        }
+        let src = f.f32(&name, Some(&stored_shape(&patch, &name, t)))?;
+        finite(path, &name, src.data())?;
         t.data_mut().copy_from_slice(src.data());
+        params.push((name, t.numel()));
     }
-    let restore = |prefix: &str, o: &mut AdamW, step_key: &str| -> Result<()> {
+    let restore = |prefix: &str, o: &mut AdamW, step_key: &str, params: &[(String, usize)]| {
         o.step = meta_u64(&meta, step_key, path)?;
         o.exp_avg.clear();
         o.exp_avg_sq.clear();
+        let len: HashMap<&str, usize> = params.iter().map(|(n, l)| (n.as_str(), *l)).collect();
         for name in f.names().map(|s| s.to_string()).collect::<Vec<_>>() {
-            if let Some(p) = name.strip_prefix(&format!("{prefix}.exp_avg.")) {
-                o.exp_avg
-                    .insert(p.to_string(), f.f32(&name, None)?.into_vec());
+            let (map, p) = if let Some(p) = name.strip_prefix(&format!("{prefix}.exp_avg.")) {
+                (&mut o.exp_avg, p)
             } else if let Some(p) = name.strip_prefix(&format!("{prefix}.exp_avg_sq.")) {
-                o.exp_avg_sq
-                    .insert(p.to_string(), f.f32(&name, None)?.into_vec());
-            }
+                (&mut o.exp_avg_sq, p)
+            } else {
+                continue;
+            };
+            let Some(&n) = len.get(p) else {
+                return Err(Error::Weights(format!(
+                    "{shown}: `{name}` is the moment of no parameter of the model"
+                )));
+            };
+            map.insert(p.to_string(), f.f32(&name, Some(&[n]))?.into_vec());
         }
-        Ok(())
+        o.check_state(prefix, params)
+            .map_err(|m| Error::Weights(format!("{shown}: {m}")))
     };
-    restore("optim", opt, "optim_step")?;
+    restore("optim", opt, "optim_step", &params)?;
     if let Some((d, dopt)) = disc {
         let names: Vec<(String, Vec<usize>)> =
             d.tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
+        let mut dparams = Vec::new();
         for ((name, shape), dst) in names.into_iter().zip(d.tensors_mut()) {
-            dst.copy_from_slice(f.f32(&name, Some(&shape))?.data());
+            let src = f.f32(&name, Some(&shape))?;
+            finite(path, &name, src.data())?;
+            dst.copy_from_slice(src.data());
+            dparams.push((name, dst.len()));
         }
-        restore("optim_disc", dopt, "optim_disc_step")?;
+        restore("optim_disc", dopt, "optim_disc_step", &dparams)?;
     }
-    let cursor = meta.get("cursor").and_then(|c| {
-        let (a, b) = c.split_once(',')?;
-        Some((a.parse().ok()?, b.parse().ok()?))
-    });
+    let cursor = meta
+        .get("cursor")
+        .ok_or_else(|| Error::Weights(format!("{shown}: checkpoint metadata lacks `cursor`")))?;
+    let parsed = cursor
+        .split_once(',')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+    let cursor = parsed.ok_or_else(|| {
+        Error::Weights(format!(
+            "{shown}: checkpoint metadata `cursor` = {cursor:?} is not EPOCH,POSITION"
+        ))
+    })?;
     Ok(TrainState {
         step: meta_u64(&meta, "step", path)?,
         seed: meta_u64(&meta, "seed", path)?,
-        cursor: cursor.unwrap_or((0, 0)),
+        cursor,
         skipped_steps: meta_u64(&meta, "skipped_steps", path)?,
     })
 }

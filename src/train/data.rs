@@ -24,10 +24,13 @@
 //!
 //! Without `mano` the parameters are zero and every `has_mano` flag is false (a `has_mano` that
 //! claims a part without `mano` is an error); with `mano` but without `has_mano` every flag is
-//! true. Unknown fields, duplicate fields, a wrong shape, a non-finite number, a non-positive
-//! scale or an absolute image path are errors naming the file and the line. Images are not
-//! opened by [`TrainSet::open`]: a missing or unreadable image is skipped by the [`Loader`]
-//! with a warning, and counted.
+//! true. Unknown fields, duplicate fields, a wrong shape, a number that is not a finite float32,
+//! a keypoint confidence outside [0, 1], a non-positive scale or one whose box a float32 crop
+//! cannot use (side `scale·200` infinite or zero as a float32, a centre too far out for the
+//! box), or an image path that is absolute or leaves the directory (`..`) are errors naming the
+//! file and the line; a leading byte-order mark is skipped. Images are not opened by
+//! [`TrainSet::open`]: a missing or unreadable image is skipped by the [`Loader`] with a
+//! warning, and counted.
 //!
 //! # Filters (SPEC §1.5, `data_filtering/low1.yaml`), in the reference's order
 //!

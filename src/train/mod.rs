@@ -28,7 +28,33 @@ pub(crate) mod gradcheck;
 #[cfg(test)]
 mod reference_tests;
 
+use crate::error::{Error, Result};
 use crate::ops::linear::{matmul_strided_cpu, Par, Strides};
+use std::path::Path;
+
+/// Checks the output directory `dir` of a run before any work: an empty path, or an existing
+/// path that is not a directory, is an error that says so (rather than the system's "File
+/// exists" when it is created); `flag` names it (`--out`).
+pub fn check_out_dir(flag: &str, dir: &Path) -> Result<()> {
+    if dir.as_os_str().is_empty() {
+        return Err(Error::Input(format!("{flag}: empty path")));
+    }
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(Error::Input(format!(
+            "{flag} {}: exists and is not a directory ({flag} names the directory to write \
+             into)",
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Creates the output directory `dir` of a run (and its parents) where it is missing, after
+/// [`check_out_dir`].
+pub fn create_out_dir(flag: &str, dir: &Path) -> Result<()> {
+    check_out_dir(flag, dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+}
 
 /// A float type the losses and the discriminator run in: f32 (the model's precision) or f64
 /// (finite-difference checks). Loss values and 63×63 algebra are f64 either way.

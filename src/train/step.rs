@@ -47,58 +47,146 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Reads a batch file, checking every shape against the batch size of `img`.
+    /// Reads a batch file, checking every shape against the batch size of `img`, that every
+    /// value is finite, that the `has_mano_params.*` flags are 0 or 1 and the keypoint
+    /// confidences lie in [0, 1], and that the file holds no tensor it does not know.
     pub fn load(f: &TensorFile, image_size: usize) -> Result<Batch> {
+        let shown = f.path().display().to_string();
         let img = f.f32("img", None)?;
         let sh = img.shape().to_vec();
         if sh.len() != 4 || sh[1] != 3 || sh[2] != image_size || sh[3] != image_size || sh[0] == 0 {
             return Err(Error::Input(format!(
-                "batch `img` has shape {sh:?}, expected [B, 3, {image_size}, {image_size}]"
+                "{shown}: batch `img` has shape {sh:?}, expected [B, 3, {image_size}, {image_size}]"
             )));
         }
         let b = sh[0];
-        let get = |name: &str, shape: &[usize]| f.f32(name, Some(shape)).map(|t| t.into_vec());
+        let img = img.into_vec();
+        check_finite(&shown, "img", &img)?;
+        let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+            let v = f.f32(name, Some(shape))?.into_vec();
+            check_finite(&shown, name, &v)?;
+            Ok(v)
+        };
         let sample_eps = if f.contains("sample_eps") {
             let t = f.f32("sample_eps", None)?;
             let s = t.shape().to_vec();
             if s.len() != 3 || s[0] != b || s[2] != DIM || s[1] == 0 {
                 return Err(Error::Input(format!(
-                    "batch `sample_eps` has shape {s:?}, expected [{b}, N, {DIM}]"
+                    "{shown}: batch `sample_eps` has shape {s:?}, expected [{b}, N, {DIM}]"
                 )));
             }
-            Some(t.into_vec())
+            let v = t.into_vec();
+            check_finite(&shown, "sample_eps", &v)?;
+            Some(v)
         } else {
             None
         };
-        let mocap = if f.contains("mocap.hand_pose") {
-            let hp = f.f32("mocap.hand_pose", None)?;
-            let m = hp.dim(0);
-            hp.expect_shape("mocap.hand_pose", &[m, 45])?;
-            Some((hp.into_vec(), get("mocap.betas", &[m, NUM_BETAS])?))
+        let mocap = if f.contains("mocap.hand_pose") || f.contains("mocap.betas") {
+            Some(read_mocap(f, "mocap.")?)
         } else {
             None
+        };
+        let keypoints_2d = get("keypoints_2d", &[b, NUM_KEYPOINTS, 3])?;
+        check_confidence(&shown, "keypoints_2d", &keypoints_2d, 3)?;
+        let keypoints_3d = get("keypoints_3d", &[b, NUM_KEYPOINTS, 4])?;
+        check_confidence(&shown, "keypoints_3d", &keypoints_3d, 4)?;
+        let flags = |name: &str| -> Result<Vec<f32>> {
+            let v = get(name, &[b])?;
+            if let Some((i, x)) = v.iter().enumerate().find(|&(_, &x)| x != 0.0 && x != 1.0) {
+                return Err(Error::Input(format!(
+                    "{shown}: `{name}`[{i}] = {x}: a flag must be 0 or 1"
+                )));
+            }
+            Ok(v)
         };
         let batch = Batch {
             b,
-            img: img.into_vec(),
-            keypoints_2d: get("keypoints_2d", &[b, NUM_KEYPOINTS, 3])?,
-            keypoints_3d: get("keypoints_3d", &[b, NUM_KEYPOINTS, 4])?,
+            img,
+            keypoints_2d,
+            keypoints_3d,
             global_orient: get("mano_params.global_orient", &[b, 3])?,
             hand_pose: get("mano_params.hand_pose", &[b, 45])?,
             betas: get("mano_params.betas", &[b, NUM_BETAS])?,
-            has_global_orient: get("has_mano_params.global_orient", &[b])?,
-            has_hand_pose: get("has_mano_params.hand_pose", &[b])?,
-            has_betas: get("has_mano_params.betas", &[b])?,
+            has_global_orient: flags("has_mano_params.global_orient")?,
+            has_hand_pose: flags("has_mano_params.hand_pose")?,
+            has_betas: flags("has_mano_params.betas")?,
             sample_eps,
             mocap,
         };
-        if let Some(i) = batch.img.iter().position(|v| !v.is_finite()) {
+        if let Some(name) = f.unused().first() {
             return Err(Error::Input(format!(
-                "batch `img` holds a non-finite value at flat index {i}"
+                "{shown}: unknown tensor `{name}` in a batch file (see `train --help` for the \
+                 tensors it holds)"
             )));
         }
         Ok(batch)
     }
+}
+
+/// An error naming the first non-finite value of tensor `name` in file `shown`.
+fn check_finite(shown: &str, name: &str, v: &[f32]) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(Error::Input(format!(
+            "{shown}: `{name}` holds a non-finite value ({}) at flat index {i}",
+            v[i]
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The confidences (the last of every `cols` values) of a keypoint tensor lie in [0, 1].
+fn check_confidence(shown: &str, name: &str, v: &[f32], cols: usize) -> Result<()> {
+    for (r, row) in v.chunks_exact(cols).enumerate() {
+        let c = row[cols - 1];
+        if !(0.0..=1.0).contains(&c) {
+            return Err(Error::Input(format!(
+                "{shown}: `{name}`[{}, {}] has confidence {}, expected a value in [0, 1]",
+                r / NUM_KEYPOINTS,
+                r % NUM_KEYPOINTS,
+                short_num(c)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `x` as written, or in exponent form where that is shorter (`1e30`, not 31 digits).
+fn short_num(x: f32) -> String {
+    if x.abs() < 1e6 {
+        format!("{x}")
+    } else {
+        format!("{x:e}")
+    }
+}
+
+/// MoCap poses `{prefix}hand_pose` `[K, 45]` (axis-angle) and `{prefix}betas` `[K, 10]` of a
+/// batch file (`mocap.`) or a `--mocap` file (no prefix): K ≥ 1, every value finite.
+pub fn read_mocap(f: &TensorFile, prefix: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+    let shown = f.path().display().to_string();
+    let (hp_name, betas_name) = (format!("{prefix}hand_pose"), format!("{prefix}betas"));
+    let k = match f.shape(&hp_name) {
+        Some(&[k, 45]) => k,
+        Some(s) => {
+            return Err(Error::Input(format!(
+                "{shown}: `{hp_name}` has shape {s:?}, expected [K, 45] (K MoCap poses)"
+            )))
+        }
+        None => {
+            return Err(Error::Input(format!(
+                "{shown}: `{betas_name}` without `{hp_name}` [K, 45]"
+            )))
+        }
+    };
+    if k == 0 {
+        return Err(Error::Input(format!(
+            "{shown}: `{hp_name}` holds no MoCap poses (K = 0)"
+        )));
+    }
+    let hp = f.f32(&hp_name, None)?.into_vec();
+    check_finite(&shown, &hp_name, &hp)?;
+    let betas = f.f32(&betas_name, Some(&[k, NUM_BETAS]))?.into_vec();
+    check_finite(&shown, &betas_name, &betas)?;
+    Ok((hp, betas))
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -478,4 +566,200 @@ pub fn train_step(
         disc: disc_out,
         d_tokens: d_ctx,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::weights::save_f32;
+    use crate::tensor::Tensor;
+    use std::path::PathBuf;
+
+    /// A valid one-item batch of 4-px crops as (name, shape, values), with a MoCap stream.
+    fn valid() -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let kp = |cols: usize| -> Vec<f32> {
+            (0..NUM_KEYPOINTS * cols)
+                .map(|i| {
+                    if i % cols == cols - 1 {
+                        1.0
+                    } else {
+                        0.01 * i as f32
+                    }
+                })
+                .collect()
+        };
+        [
+            ("img", vec![1, 3, 4, 4], vec![0.5; 48]),
+            ("keypoints_2d", vec![1, NUM_KEYPOINTS, 3], kp(3)),
+            ("keypoints_3d", vec![1, NUM_KEYPOINTS, 4], kp(4)),
+            ("mano_params.global_orient", vec![1, 3], vec![0.1; 3]),
+            ("mano_params.hand_pose", vec![1, 45], vec![0.0; 45]),
+            ("mano_params.betas", vec![1, 10], vec![0.0; 10]),
+            ("has_mano_params.global_orient", vec![1], vec![1.0]),
+            ("has_mano_params.hand_pose", vec![1], vec![0.0]),
+            ("has_mano_params.betas", vec![1], vec![1.0]),
+            ("mocap.hand_pose", vec![2, 45], vec![0.2; 90]),
+            ("mocap.betas", vec![2, 10], vec![0.0; 20]),
+        ]
+        .into_iter()
+        .map(|(n, s, v)| (n.to_string(), s, v))
+        .collect()
+    }
+
+    fn load(name: &str, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Batch> {
+        let dir = std::env::temp_dir().join(format!("handcov-batch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // One file per test thread: tests run in parallel.
+        let path: PathBuf = dir.join(format!(
+            "{name}-{:?}.safetensors",
+            std::thread::current().id()
+        ));
+        let owned: Vec<(String, Tensor)> = tensors
+            .iter()
+            .map(|(n, s, v)| (n.clone(), Tensor::from_vec(s, v.clone()).unwrap()))
+            .collect();
+        let refs: Vec<(&str, &Tensor)> = owned.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        save_f32(&path, &refs, None).unwrap();
+        let r = Batch::load(&TensorFile::open(&path).unwrap(), 4);
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    /// `valid()` with tensor `name` replaced by (shape, values), or removed (`None`).
+    fn edited(
+        name: &str,
+        t: Option<(Vec<usize>, Vec<f32>)>,
+    ) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let mut v = valid();
+        v.retain(|(n, _, _)| n != name);
+        if let Some((s, x)) = t {
+            v.push((name.to_string(), s, x));
+        }
+        v
+    }
+
+    fn err(name: &str, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> String {
+        match load(name, tensors) {
+            Ok(_) => panic!("{name}: accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_valid_batch_loads() {
+        let b = load("valid", &valid()).unwrap();
+        assert_eq!(b.b, 1);
+        assert_eq!(
+            b.mocap.as_ref().map(|m| (m.0.len(), m.1.len())),
+            Some((90, 20))
+        );
+        assert_eq!(b.has_hand_pose, vec![0.0]);
+    }
+
+    #[test]
+    fn mocap_tensors_of_the_wrong_rank_or_size_are_errors() {
+        // A 0-d `mocap.hand_pose` once panicked in `Tensor::dim`.
+        for (case, shape, values, want) in [
+            (
+                "scalar",
+                vec![],
+                vec![1.0],
+                "has shape [], expected [K, 45]",
+            ),
+            (
+                "vector",
+                vec![45],
+                vec![0.0; 45],
+                "has shape [45], expected [K, 45]",
+            ),
+            ("empty", vec![0, 45], vec![], "holds no MoCap poses"),
+        ] {
+            let m = err(case, &edited("mocap.hand_pose", Some((shape, values))));
+            assert!(
+                m.contains("`mocap.hand_pose`") && m.contains(want),
+                "{case}: {m}"
+            );
+        }
+        let m = err("nohp", &edited("mocap.hand_pose", None));
+        assert!(m.contains("`mocap.betas` without `mocap.hand_pose`"), "{m}");
+        let m = err("nobetas", &edited("mocap.betas", None));
+        assert!(m.contains("mocap.betas"), "{m}");
+    }
+
+    #[test]
+    fn flags_must_be_zero_or_one() {
+        for x in [2.0, -1.0, 0.5] {
+            let m = err(
+                "flag",
+                &edited("has_mano_params.betas", Some((vec![1], vec![x]))),
+            );
+            assert!(
+                m.contains("`has_mano_params.betas`[0]") && m.contains("must be 0 or 1"),
+                "{x}: {m}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_finite_labels_are_errors_naming_tensor_and_index() {
+        for name in [
+            "keypoints_2d",
+            "keypoints_3d",
+            "mano_params.global_orient",
+            "mano_params.hand_pose",
+            "mano_params.betas",
+            "has_mano_params.hand_pose",
+            "mocap.hand_pose",
+            "mocap.betas",
+        ] {
+            for bad in [f32::NAN, f32::INFINITY] {
+                let mut v = valid();
+                let t = v.iter_mut().find(|(n, _, _)| n == name).unwrap();
+                t.2[0] = bad;
+                let m = err(name, &v);
+                assert!(
+                    m.contains(&format!("`{name}` holds a non-finite value"))
+                        && m.contains("at flat index 0"),
+                    "{name}: {m}"
+                );
+            }
+        }
+        let mut v = valid();
+        v.push(("sample_eps".into(), vec![1, 1, DIM], vec![0.0; DIM]));
+        load("eps", &v).unwrap();
+        v.last_mut().unwrap().2[7] = f32::NAN;
+        assert!(
+            err("eps", &v).contains("`sample_eps` holds a non-finite value (NaN) at flat index 7")
+        );
+    }
+
+    #[test]
+    fn confidences_must_lie_in_zero_one() {
+        for (name, cols) in [("keypoints_2d", 3), ("keypoints_3d", 4)] {
+            for bad in [-0.5f32, 1.5, 1e30] {
+                let mut v = valid();
+                let t = v.iter_mut().find(|(n, _, _)| n == name).unwrap();
+                t.2[5 * cols + cols - 1] = bad;
+                let m = err(name, &v);
+                assert!(
+                    m.contains(&format!("`{name}`[0, 5] has confidence")),
+                    "{name} {bad}: {m}"
+                );
+            }
+        }
+        assert!(err("c", &{
+            let mut v = valid();
+            v[1].2[2] = 1e30;
+            v
+        })
+        .contains("confidence 1e30,"));
+    }
+
+    #[test]
+    fn an_unknown_tensor_is_an_error() {
+        let mut v = valid();
+        v.push(("foo".into(), vec![1], vec![0.0]));
+        let m = err("extra", &v);
+        assert!(m.contains("unknown tensor `foo`"), "{m}");
+    }
 }

@@ -7,10 +7,11 @@ use super::checkpoint::{self, TrainState};
 use super::discriminator::Discriminator;
 use super::gpu::GpuEngine;
 use super::losses::LossTerms;
-use super::step::{train_step, Batch, StepOptions};
+use super::step::{read_mocap, train_step, Batch, StepOptions};
 use crate::engine::Precision;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::backward::Grads;
+use crate::model::weights::TensorFile;
 use crate::model::HandModel;
 use std::path::Path;
 
@@ -275,32 +276,51 @@ impl Trainer {
 }
 
 /// MoCap poses for the discriminator (`hand_pose` `[K, 45]` axis-angle, `betas` `[K, 10]`),
-/// served `per_step` rows at a time, cyclically, in a fixed order (step s takes rows
-/// `s·per_step …` mod K), so a resumed run sees the same real batches.
+/// served cyclically in a fixed order: step s takes the `per_step` rows `s·per_step …` mod K
+/// (the trainer asks for 2·B rows, B the batch's size), so a resumed run sees the same real
+/// batches.
 pub struct MocapStream {
     pub hand_pose: Vec<f32>,
     pub betas: Vec<f32>,
-    pub per_step: usize,
 }
 
 impl MocapStream {
+    /// Reads a `--mocap` file: `hand_pose` `[K, 45]` and `betas` `[K, 10]`, K ≥ 1, finite
+    /// values, and no other tensor.
+    pub fn load(path: &Path) -> Result<MocapStream> {
+        let f = TensorFile::open(path)?;
+        let (hand_pose, betas) = read_mocap(&f, "")?;
+        if let Some(name) = f.unused().first() {
+            return Err(Error::Input(format!(
+                "{}: unknown tensor `{name}` in a MoCap file (it holds `hand_pose` [K, 45] and \
+                 `betas` [K, 10])",
+                path.display()
+            )));
+        }
+        Ok(MocapStream { hand_pose, betas })
+    }
+
     pub fn len(&self) -> usize {
-        self.betas.len() / 10
+        (self.hand_pose.len() / 45).min(self.betas.len() / 10)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The rows of step `step`.
-    pub fn at(&self, step: u64) -> (Vec<f32>, Vec<f32>) {
-        let k = self.len().max(1);
+    /// The `per_step` rows of step `step` (none from an empty stream).
+    pub fn at(&self, step: u64, per_step: usize) -> (Vec<f32>, Vec<f32>) {
+        if self.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let k = self.len() as u128;
         let (mut hp, mut b) = (
-            Vec::with_capacity(self.per_step * 45),
-            Vec::with_capacity(self.per_step * 10),
+            Vec::with_capacity(per_step * 45),
+            Vec::with_capacity(per_step * 10),
         );
-        for i in 0..self.per_step {
-            let r = ((step as usize).wrapping_mul(self.per_step) + i) % k;
+        let first = step as u128 * per_step as u128;
+        for i in 0..per_step {
+            let r = ((first + i as u128) % k) as usize;
             hp.extend_from_slice(&self.hand_pose[r * 45..(r + 1) * 45]);
             b.extend_from_slice(&self.betas[r * 10..(r + 1) * 10]);
         }
@@ -345,5 +365,94 @@ impl BatchSource for DatasetSource {
         };
         self.loader = super::data::Loader::new(self.set.clone(), self.opts, c)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::weights::save_f32;
+    use crate::tensor::Tensor;
+
+    #[test]
+    fn mocap_rows_per_step_follow_the_asked_count() {
+        // Three poses whose first value is the row number.
+        let m = MocapStream {
+            hand_pose: (0..3).flat_map(|r| [r as f32; 45]).collect(),
+            betas: (0..3).flat_map(|r| [r as f32; 10]).collect(),
+        };
+        let rows = |(hp, b): (Vec<f32>, Vec<f32>)| -> Vec<f32> {
+            assert_eq!(hp.len() / 45, b.len() / 10);
+            hp.chunks(45).map(|c| c[0]).collect()
+        };
+        // Step 1 of 4 rows per step: rows 4..8 mod 3.
+        assert_eq!(rows(m.at(1, 4)), vec![1.0, 2.0, 0.0, 1.0]);
+        assert_eq!(rows(m.at(0, 2)), vec![0.0, 1.0]);
+        // No overflow at huge steps: (2^63 · 2) mod 3 = 1.
+        assert_eq!(rows(m.at(1 << 63, 2)), vec![1.0, 2.0]);
+        let empty = MocapStream {
+            hand_pose: Vec::new(),
+            betas: Vec::new(),
+        };
+        assert_eq!(empty.at(3, 4), (Vec::new(), Vec::new()));
+    }
+
+    #[test]
+    fn a_bad_mocap_file_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("handcov-mocap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, t: &[(&str, Vec<usize>, Vec<f32>)]| {
+            let p = dir.join(name);
+            let owned: Vec<(&str, Tensor)> = t
+                .iter()
+                .map(|(n, s, v)| (*n, Tensor::from_vec(s, v.clone()).unwrap()))
+                .collect();
+            let refs: Vec<(&str, &Tensor)> = owned.iter().map(|(n, t)| (*n, t)).collect();
+            save_f32(&p, &refs, None).unwrap();
+            p
+        };
+        let betas = ("betas", vec![2, 10], vec![0.0; 20]);
+        let ok = write(
+            "ok.safetensors",
+            &[("hand_pose", vec![2, 45], vec![0.1; 90]), betas.clone()],
+        );
+        assert_eq!(MocapStream::load(&ok).unwrap().len(), 2);
+        for (file, tensors, want) in [
+            (
+                "scalar.safetensors",
+                vec![("hand_pose", vec![], vec![1.0]), betas.clone()],
+                "`hand_pose` has shape [], expected [K, 45]",
+            ),
+            (
+                "empty.safetensors",
+                vec![
+                    ("hand_pose", vec![0, 45], vec![]),
+                    ("betas", vec![0, 10], vec![]),
+                ],
+                "holds no MoCap poses",
+            ),
+            (
+                "nan.safetensors",
+                vec![
+                    ("hand_pose", vec![2, 45], vec![f32::NAN; 90]),
+                    betas.clone(),
+                ],
+                "`hand_pose` holds a non-finite value (NaN) at flat index 0",
+            ),
+            (
+                "extra.safetensors",
+                vec![
+                    ("hand_pose", vec![2, 45], vec![0.1; 90]),
+                    betas.clone(),
+                    ("global_orient", vec![2, 3], vec![0.0; 6]),
+                ],
+                "unknown tensor `global_orient`",
+            ),
+        ] {
+            let p = write(file, &tensors);
+            let e = MocapStream::load(&p).err().expect(file).to_string();
+            assert!(e.contains(want) && e.contains(file), "{file}: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

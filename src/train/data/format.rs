@@ -131,6 +131,27 @@ fn keypoints<const N: usize>(
     Ok(out)
 }
 
+/// The confidences (last column) of keypoint rows lie in [0, 1].
+fn confidences<const N: usize>(
+    what: &str,
+    rows: &[[f32; N]; NUM_KEYPOINTS],
+) -> std::result::Result<(), String> {
+    for (k, r) in rows.iter().enumerate() {
+        let c = r[N - 1];
+        if !(0.0..=1.0).contains(&c) {
+            return Err(format!(
+                "`{what}[{k}]` has confidence {}, expected a value in [0, 1]",
+                if c.abs() < 1e6 {
+                    format!("{c}")
+                } else {
+                    format!("{c:e}")
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Parses and validates one line of `annotations.jsonl` (no filters applied). The error is a
 /// message without the file/line prefix, which [`TrainSet::open`] adds.
 pub fn parse_annotation(line: &str) -> std::result::Result<Annotation, String> {
@@ -145,6 +166,12 @@ pub fn parse_annotation(line: &str) -> std::result::Result<Annotation, String> {
             raw.image
         ));
     }
+    if raw.image.split(['/', '\\']).any(|c| c == "..") {
+        return Err(format!(
+            "`image` {:?} must stay inside the data directory (no `..`)",
+            raw.image
+        ));
+    }
     if raw.center.len() != 2 {
         return Err(format!(
             "`center` has {} values, expected 2",
@@ -152,8 +179,8 @@ pub fn parse_annotation(line: &str) -> std::result::Result<Annotation, String> {
         ));
     }
     let center = [raw.center[0], raw.center[1]];
-    if !center.iter().all(|v| v.is_finite()) {
-        return Err(format!("`center` {center:?} is not finite"));
+    if let Some(v) = center.iter().find(|v| !(**v as f32).is_finite()) {
+        return Err(format!("`center` value {v:e} is not a finite float32"));
     }
     let scale = match &raw.scale {
         serde_json::Value::Number(n) => {
@@ -173,12 +200,42 @@ pub fn parse_annotation(line: &str) -> std::result::Result<Annotation, String> {
     };
     if !scale.iter().all(|s| s.is_finite() && *s > 0.0) {
         return Err(format!(
-            "`scale` {:?} must hold positive finite numbers",
-            raw.scale
+            "`scale` {} must hold positive finite numbers",
+            short(&raw.scale)
         ));
+    }
+    // The crop is computed in float32 (SPEC §1.4), from the box side scale·200.
+    for s in scale {
+        let side = (s * 200.0) as f32;
+        if !side.is_finite() {
+            return Err(format!(
+                "`scale` {s:e} is too large: the box side scale·200 is not a finite float32"
+            ));
+        }
+        if !(s as f32).is_normal() || !side.is_normal() {
+            return Err(format!(
+                "`scale` {s:e} is too small: it is zero (or denormal) as a float32"
+            ));
+        }
+    }
+    // The crop's corners are float32 centre ± half the side: far enough out, float32 cannot
+    // tell them apart and the crop degenerates. Ask for 1/1024 of the side (a fraction of a
+    // crop pixel) or better.
+    let side = scale[0].max(scale[1]) * 200.0;
+    for c in center {
+        let c32 = (c as f32).abs();
+        let ulp = f32::from_bits(c32.to_bits() + 1) - c32;
+        if ulp as f64 > side / 1024.0 {
+            return Err(format!(
+                "`center` value {c:e} is too far out for a box of side {side:e} px: float32 \
+                 cannot place the crop there"
+            ));
+        }
     }
     let keypoints_2d = keypoints::<3>("keypoints_2d", &raw.keypoints_2d)?;
     let keypoints_3d = keypoints::<4>("keypoints_3d", &raw.keypoints_3d)?;
+    confidences("keypoints_2d", &keypoints_2d)?;
+    confidences("keypoints_3d", &keypoints_3d)?;
     let (mano, has_mano) = match (raw.mano, raw.has_mano) {
         (Some(m), has) => {
             let p = ManoParams {
@@ -291,6 +348,20 @@ pub struct FilterStats {
     pub betas_suppressed: usize,
 }
 
+impl std::fmt::Display for FilterStats {
+    /// In words: `16 lines read, 0 kept: 16 with at most 4 keypoints of confidence ≥ 0.3,
+    /// 0 with reprojection_loss ≥ 31000`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} annotation lines read, {} kept; dropped: {} with at most {FILTER_NUM_KP} 2D \
+             keypoints of confidence ≥ {SUPPRESS_KP_CONF_THRESH}, {} with reprojection_loss ≥ \
+             {FILTER_REPROJ_THRESH}",
+            self.read, self.kept, self.dropped_few_keypoints, self.dropped_reprojection
+        )
+    }
+}
+
 /// A training set: the filtered items of one directory.
 #[derive(Clone, Debug)]
 pub struct TrainSet {
@@ -305,6 +376,8 @@ impl TrainSet {
     pub fn open(dir: &Path) -> Result<TrainSet> {
         let path = dir.join(ANNOTATIONS_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        // A byte-order mark (some editors write one) is not part of the first line.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let mut anns = Vec::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {

@@ -235,7 +235,7 @@ fn keypoint_confidence_suppression_and_count_filter() {
     // conf 0.29 → 0; 0.3 stays (the reference zeroes conf < 0.3).
     v["keypoints_2d"][0][2] = json!(0.29);
     v["keypoints_2d"][1][2] = json!(0.3);
-    v["keypoints_2d"][2][2] = json!(-1.0);
+    v["keypoints_2d"][2][2] = json!(0.0);
     let a = filtered(&v).unwrap();
     assert_eq!(a.keypoints_2d[0][2], 0.0);
     assert_eq!(a.keypoints_2d[1][2], 0.3);
@@ -396,4 +396,116 @@ fn open_applies_the_filters_and_counts() {
         [1, 4, 6]
     );
     assert!(!set.items()[1].has_mano.hand_pose);
+    // The statistics in words (they end the "no items left" error).
+    assert_eq!(
+        set.stats().to_string(),
+        "6 annotation lines read, 3 kept; dropped: 1 with at most 4 2D keypoints of \
+         confidence ≥ 0.3, 2 with reprojection_loss ≥ 31000"
+    );
+}
+
+#[test]
+fn boxes_must_be_finite_float32_values_a_crop_can_use() {
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(|v| v["scale"] = json!(1e39)),
+            "`scale` 1e39 is too large",
+        ),
+        (
+            Box::new(|v| v["scale"] = json!([0.2, 1e300])),
+            "`scale` 1e300 is too large",
+        ),
+        (
+            // Finite as float32, but not once multiplied by 200.
+            Box::new(|v| v["scale"] = json!(3e36)),
+            "`scale` 3e36 is too large",
+        ),
+        (
+            Box::new(|v| v["scale"] = json!(1e-300)),
+            "`scale` 1e-300 is too small: it is zero",
+        ),
+        (
+            Box::new(|v| v["scale"] = json!(1e-40)),
+            "`scale` 1e-40 is too small",
+        ),
+        (
+            Box::new(|v| v["center"] = json!([1e39, 10.0])),
+            "`center` value 1e39 is not a finite float32",
+        ),
+        (
+            Box::new(|v| v["center"] = json!([10.0, -1e300])),
+            "`center` value -1e300 is not a finite float32",
+        ),
+        (
+            // Finite, but float32 cannot place a 40-px box there.
+            Box::new(|v| v["center"] = json!([1e30, 10.0])),
+            "`center` value 1e30 is too far out for a box of side 4e1 px",
+        ),
+    ];
+    for (i, (edit, want)) in cases.iter().enumerate() {
+        let mut v = base();
+        edit(&mut v);
+        let m = parse_err(&v);
+        assert!(
+            m.contains(want),
+            "case {i}: `{m}` does not contain `{want}`"
+        );
+    }
+    // Large but usable boxes are fine.
+    let mut v = base();
+    v["center"] = json!([1e5, 3e4]);
+    v["scale"] = json!(1e30);
+    parse(&v).unwrap();
+}
+
+#[test]
+fn confidences_must_lie_in_zero_one() {
+    for (field, row, col) in [("keypoints_2d", 3, 2), ("keypoints_3d", 20, 3)] {
+        for bad in [-0.5, 1.0001, 1e30] {
+            let mut v = base();
+            v[field][row][col] = json!(bad);
+            let m = parse_err(&v);
+            assert!(
+                m.contains(&format!("`{field}[{row}]` has confidence"))
+                    && m.contains("expected a value in [0, 1]"),
+                "{field} {bad}: {m}"
+            );
+        }
+        for ok in [0.0, 0.3, 1.0] {
+            let mut v = base();
+            v[field][row][col] = json!(ok);
+            parse(&v).unwrap();
+        }
+    }
+    let mut v = base();
+    v["keypoints_2d"][0][2] = json!(1e30);
+    assert!(parse_err(&v).contains("has confidence 1e30,"));
+}
+
+#[test]
+fn image_paths_must_stay_inside_the_data_directory() {
+    for bad in ["../a.png", "img/../../a.png", "img/..", "..\\a.png"] {
+        let mut v = base();
+        v["image"] = json!(bad);
+        let m = parse_err(&v);
+        assert!(
+            m.contains("must stay inside the data directory"),
+            "{bad}: {m}"
+        );
+    }
+    for ok in ["img/a..png", "..a/b.png", "./a.png"] {
+        let mut v = base();
+        v["image"] = json!(ok);
+        parse(&v).unwrap();
+    }
+}
+
+#[test]
+fn a_byte_order_mark_is_skipped() {
+    let t = TempDir::new("bom");
+    let text = format!("\u{feff}{}\n{}\n", base(), base());
+    std::fs::write(t.path().join(ANNOTATIONS_FILE), text).unwrap();
+    let set = TrainSet::open(t.path()).unwrap();
+    assert_eq!((set.len(), set.items()[0].line), (2, 1));
 }

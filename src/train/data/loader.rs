@@ -51,7 +51,8 @@ pub struct LoaderOptions {
     /// Crop side (the model's `image_size`).
     pub image_size: usize,
     pub seed: u64,
-    /// Worker threads loading and augmenting items (0: the machine's parallelism).
+    /// Worker threads loading and augmenting items (0: the machine's parallelism; at most
+    /// [`crate::cli::MAX_THREADS`]).
     pub threads: usize,
     /// Batches built ahead of the consumer (at least 1).
     pub prefetch: usize,
@@ -273,7 +274,7 @@ impl Loader {
         let n = set.len();
         if n == 0 {
             return crate::input_err!(
-                "training data in {}: no items left after filtering ({:?})",
+                "training data in {}: no items left after filtering ({})",
                 set.dir().display(),
                 set.stats()
             );
@@ -293,6 +294,13 @@ impl Loader {
                 "training loader: cursor position {} is beyond the {n} items of the data set \
                  (was the cursor saved for another data set?)",
                 start.position
+            );
+        }
+        if opts.threads > crate::cli::MAX_THREADS {
+            return crate::input_err!(
+                "training loader: {} threads is more than {}",
+                opts.threads,
+                crate::cli::MAX_THREADS
             );
         }
         let threads = if opts.threads == 0 {

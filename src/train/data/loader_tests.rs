@@ -313,12 +313,19 @@ fn bad_loader_arguments_are_errors() {
         }
     )
     .contains("beyond the 3 items"));
+    assert!(
+        err(opts(2, 100_000, 0), Cursor::default()).contains("100000 threads is more than 1024")
+    );
     let empty = Arc::new(TrainSet::from_annotations(t.path(), Vec::new()));
-    assert!(Loader::new(empty, opts(2, 1, 0), Cursor::default())
+    let e = Loader::new(empty, opts(2, 1, 0), Cursor::default())
         .err()
         .unwrap()
-        .to_string()
-        .contains("no items left after filtering"));
+        .to_string();
+    assert!(
+        e.contains("no items left after filtering (0 annotation lines read"),
+        "{e}"
+    );
+    assert!(!e.contains("FilterStats"), "{e}");
     // A loader dropped while its producer is blocked on a full channel shuts down.
     let l = Loader::new(
         set,
