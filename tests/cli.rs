@@ -722,7 +722,10 @@ fn flags_out_of_range_repeated_or_of_the_other_mode() {
         &["--weights: the path is empty"],
     );
     assert_clean_error(st.run_with_weights(&st.dir), &["is a directory"]);
-    assert_clean_error(st.run_with_weights(Path::new("/dev/null")), &["not a regular file"]);
+    assert_clean_error(
+        st.run_with_weights(Path::new("/dev/null")),
+        &["not a regular file"],
+    );
 }
 
 #[test]

@@ -509,6 +509,11 @@ fn bad_batch_and_mocap_files_are_one_clean_error() {
         one_step(&scalar, &[]),
         "`mocap.hand_pose` has shape [], expected [K, 45]",
     );
+    // A batch is data: its safetensors errors are input errors, not "weights".
+    let misshaped = batch_with(&dir, "kp_misshaped.safetensors", |t| {
+        replace(t, f32_tensor("keypoints_3d", &[4, 20, 4], &[0.0; 320]))
+    });
+    assert_clean(one_step(&misshaped, &[]), "error: input: ");
     let empty = batch_with(&dir, "mocap_empty.safetensors", |t| {
         replace(t, f32_tensor("mocap.hand_pose", &[0, 45], &[]));
         replace(t, f32_tensor("mocap.betas", &[0, 10], &[]));

@@ -244,7 +244,10 @@ fn dump_grads(a: &Args, weights: &Path, out: &Path) -> Result<()> {
         .batch_file
         .as_ref()
         .ok_or_else(|| Error::Input("--dump-grads needs --batch-file".into()))?;
-    let batch = Batch::load(&TensorFile::open(bf)?, model.config.image_size)?;
+    let batch = Batch::load(
+        &TensorFile::open(bf).map_err(Error::as_input)?,
+        model.config.image_size,
+    )?;
     let disc = load_disc(a, &batch)?;
     let opts = StepOptions {
         ours_nll_exact: a.ours_nll == "exact",
@@ -388,7 +391,7 @@ fn train(a: &Args) -> Result<()> {
             Box::new(DatasetSource::new(set, opts)?)
         }
         (None, Some(bf)) => {
-            let batch = Batch::load(&TensorFile::open(bf)?, size)?;
+            let batch = Batch::load(&TensorFile::open(bf).map_err(Error::as_input)?, size)?;
             step_batch = batch.b;
             Box::new(RepeatBatch::new(batch))
         }
@@ -453,7 +456,10 @@ fn train(a: &Args) -> Result<()> {
         );
     }
     let val = match &a.val_batch {
-        Some(p) => Some(Batch::load(&TensorFile::open(p)?, size)?),
+        Some(p) => Some(Batch::load(
+            &TensorFile::open(p).map_err(Error::as_input)?,
+            size,
+        )?),
         None => None,
     };
     let log_path = out.join("log.jsonl");

@@ -40,7 +40,11 @@ impl TensorFile {
         }
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if !meta.is_file() {
-            let what = if meta.is_dir() { "a directory" } else { "not a regular file" };
+            let what = if meta.is_dir() {
+                "a directory"
+            } else {
+                "not a regular file"
+            };
             return Err(Error::Input(format!(
                 "{}: is {what}; expected a safetensors file",
                 path.display()

@@ -50,7 +50,12 @@ impl Batch {
     /// Reads a batch file, checking every shape against the batch size of `img`, that every
     /// value is finite, that the `has_mano_params.*` flags are 0 or 1 and the keypoint
     /// confidences lie in [0, 1], and that the file holds no tensor it does not know.
+    /// Its safetensors errors are input errors: a batch is data, not weights.
     pub fn load(f: &TensorFile, image_size: usize) -> Result<Batch> {
+        Self::read(f, image_size).map_err(Error::as_input)
+    }
+
+    fn read(f: &TensorFile, image_size: usize) -> Result<Batch> {
         let shown = f.path().display().to_string();
         let img = f.f32("img", None)?;
         let sh = img.shape().to_vec();

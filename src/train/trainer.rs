@@ -288,8 +288,8 @@ impl MocapStream {
     /// Reads a `--mocap` file: `hand_pose` `[K, 45]` and `betas` `[K, 10]`, K ≥ 1, finite
     /// values, and no other tensor.
     pub fn load(path: &Path) -> Result<MocapStream> {
-        let f = TensorFile::open(path)?;
-        let (hand_pose, betas) = read_mocap(&f, "")?;
+        let f = TensorFile::open(path).map_err(Error::as_input)?;
+        let (hand_pose, betas) = read_mocap(&f, "").map_err(Error::as_input)?;
         if let Some(name) = f.unused().first() {
             return Err(Error::Input(format!(
                 "{}: unknown tensor `{name}` in a MoCap file (it holds `hand_pose` [K, 45] and \
