@@ -736,6 +736,9 @@ fn a_checkpoint_that_cannot_resume_exactly_is_an_error() {
     rewrite_checkpoint(&ck, &same, no_tensor_edit, no_meta_edit);
     let r = run(&dir.join("r_same"), "2", Some(&same));
     assert_eq!(r.0, 0, "{}", r.2);
+    // A checkpoint already at --steps has nothing to train: said, not silently rewritten.
+    let r = run(&dir.join("r_done"), "1", Some(&same));
+    assert_clean(r, "is at step 1, and --steps 1 is the total to reach");
 
     const BIAS: &str = "mano_head.deccam.bias";
     type Edit = Box<dyn FnOnce(&mut Vec<RawTensor>)>;

@@ -454,6 +454,15 @@ fn train(a: &Args) -> Result<()> {
             ckpt.display(),
             trainer.state.step
         );
+        if trainer.state.step >= a.steps {
+            return Err(Error::Input(format!(
+                "{} is at step {}, and --steps {} is the total to reach: nothing to train \
+                 (give a larger --steps)",
+                ckpt.display(),
+                trainer.state.step,
+                a.steps
+            )));
+        }
     }
     let val = match &a.val_batch {
         Some(p) => Some(Batch::load(
