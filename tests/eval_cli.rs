@@ -580,3 +580,165 @@ fn help_texts() {
         .1
         .contains("uncertainty_eval/save"));
 }
+
+/// Like [`eval`], but a run still going after `secs` seconds is killed and reported as exit
+/// code -1 (an input that blocks, such as a FIFO, must fail the test, not hang it).
+fn eval_within(args: &[&str], secs: u64) -> (i32, String, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eval"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed().as_secs() >= secs {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (-1, String::new(), format!("still running after {secs} s"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn unc_run(pred_dir: &Path, gt_dir: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "uncertainty",
+        "--dataset",
+        "freihand",
+        "--exp",
+        "e2e",
+        "--pred-dir",
+        s(pred_dir),
+        "--gt-dir",
+        s(gt_dir),
+        "--out",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    eval_within(&args, 60)
+}
+
+fn pose_run(pred: &Path, gt_dir: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "pose",
+        "--dataset",
+        "freihand",
+        "--pred",
+        s(pred),
+        "--gt-dir",
+        s(gt_dir),
+        "--out",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    eval_within(&args, 60)
+}
+
+/// `text` with the `k`-th number token (counting from 0) replaced by `with`.
+fn replace_number(text: &str, k: usize, with: &str) -> String {
+    let mut count = 0;
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(|c: char| c == '-' || c.is_ascii_digit()) {
+        let end = rest[i..].find([',', ']']).map_or(rest.len(), |e| i + e);
+        out.push_str(&rest[..i]);
+        out.push_str(if count == k { with } else { &rest[i..end] });
+        count += 1;
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn values_beyond_float32_and_negative_uncertainties_are_errors() {
+    let set = generate(40);
+    let root = scratch("eval_cli_huge");
+    let (pred_dir, gt_dir) = write_set(&root, &set, false);
+    let out = root.join("save");
+    let exp = pred_dir.join("e2e");
+    let pred = exp.join("freihand-val.json");
+    let unc = exp.join("freihand-val_uncertainty.json");
+    let gt = gt_dir.join("evaluation_xyz.json");
+    let (pred_text, unc_text, gt_text) = (
+        std::fs::read_to_string(&pred).unwrap(),
+        std::fs::read_to_string(&unc).unwrap(),
+        std::fs::read_to_string(&gt).unwrap(),
+    );
+    // Sample 2, joint 4, coordinate 1 of the joints; sample 3, joint 5 of the uncertainties.
+    let at_xyz = 2 * 63 + 4 * 3 + 1;
+    let at_unc = 3 * 21 + 5;
+    for (file, original, k, bad, needle) in [
+        (
+            &pred,
+            &pred_text,
+            at_xyz,
+            "1e160",
+            "xyz_list, sample 2, joint 4, coordinate 1",
+        ),
+        (
+            &pred,
+            &pred_text,
+            at_xyz,
+            "-3.5e38",
+            "xyz_list, sample 2, joint 4, coordinate 1",
+        ),
+        (
+            &unc,
+            &unc_text,
+            at_unc,
+            "1e300",
+            "uncertainty_list, sample 3, joint 5",
+        ),
+        (
+            &gt,
+            &gt_text,
+            at_xyz,
+            "1e300",
+            "sample 2, joint 4, coordinate 1",
+        ),
+    ] {
+        std::fs::write(file, replace_number(original, k, bad)).unwrap();
+        let run = unc_run(&pred_dir, &gt_dir, &out, &[]);
+        assert!(
+            run.2.contains("float32") && run.2.contains(s(file)),
+            "{}",
+            run.2
+        );
+        assert_error(run, needle);
+        if file != &unc {
+            // eval pose wrote null metrics for such predictions.
+            let run = pose_run(&pred, &gt_dir, &root.join("pose.json"), &[]);
+            assert_error(run, "float32");
+        }
+        std::fs::write(file, original).unwrap();
+    }
+    // f32::MAX itself is a float32 value.
+    std::fs::write(
+        &pred,
+        replace_number(&pred_text, at_xyz, "3.4028234663852886e+38"),
+    )
+    .unwrap();
+    let run = pose_run(&pred, &gt_dir, &root.join("pose.json"), &[]);
+    assert_eq!(run.0, 0, "{}", run.2);
+    std::fs::write(&pred, &pred_text).unwrap();
+    // A negative per-joint uncertainty.
+    std::fs::write(&unc, replace_number(&unc_text, at_unc, "-0.001")).unwrap();
+    assert_error(
+        unc_run(&pred_dir, &gt_dir, &out, &[]),
+        "uncertainty_list, sample 3, joint 5 is negative (-0.001)",
+    );
+    // A leading zero (JSON forbids it).
+    std::fs::write(&unc, replace_number(&unc_text, at_unc, "00.001")).unwrap();
+    assert_error(
+        unc_run(&pred_dir, &gt_dir, &out, &[]),
+        "uncertainty_list, sample 3, joint 5 has a leading zero",
+    );
+}
