@@ -742,3 +742,80 @@ fn values_beyond_float32_and_negative_uncertainties_are_errors() {
         "uncertainty_list, sample 3, joint 5 has a leading zero",
     );
 }
+
+#[test]
+fn uncertainty_needs_three_samples() {
+    let full = generate(3);
+    for n in [1, 2] {
+        let root = scratch(&format!("eval_cli_n{n}"));
+        let set = Set {
+            n,
+            gt_verts: full.gt_verts[..n * 778 * 3].to_vec(),
+            gt_xyz: full.gt_xyz[..n * 63].to_vec(),
+            pred_verts: full.pred_verts[..n * 778 * 3].to_vec(),
+            pred_xyz: full.pred_xyz[..n * 63].to_vec(),
+            unc: full.unc[..n * 21].to_vec(),
+            cov: full.cov[..n * 3969].to_vec(),
+        };
+        let (pred_dir, gt_dir) = write_set(&root, &set, true);
+        let out = root.join("save");
+        assert_error(
+            unc_run(&pred_dir, &gt_dir, &out, &[]),
+            &format!("{n} sample(s), but the uncertainty metrics need at least 3"),
+        );
+        assert!(!out.exists(), "nothing is written");
+    }
+    // Three samples: every sparsification cut keeps an entry, the scores are numbers.
+    let root = scratch("eval_cli_n3");
+    let (pred_dir, gt_dir) = write_set(&root, &full, true);
+    let out = root.join("save");
+    let run = unc_run(&pred_dir, &gt_dir, &out, &[]);
+    assert_eq!(run.0, 0, "{}", run.2);
+    assert!(!run.2.contains("warning"), "{}", run.2);
+    let txt = std::fs::read_to_string(out.join("freihand/e2e/scores.txt")).unwrap();
+    assert!(!txt.contains("nan"), "{txt}");
+}
+
+#[test]
+fn constant_uncertainty_keeps_nan_with_a_warning() {
+    for (name, value) in [("const", 1.5e-4f32), ("zero", 0.0)] {
+        let mut set = generate(40);
+        set.unc = vec![value; set.unc.len()];
+        let root = scratch(&format!("eval_cli_unc_{name}"));
+        let (pred_dir, gt_dir) = write_set(&root, &set, false);
+        let out = root.join("save");
+        let run = unc_run(&pred_dir, &gt_dir, &out, &[]);
+        assert_eq!(run.0, 0, "{}", run.2);
+        // One warning line saying why; the reference's nan stays in scores.txt.
+        let warnings: Vec<&str> = run.2.lines().collect();
+        assert_eq!(warnings.len(), 1, "{}", run.2);
+        assert!(
+            warnings[0].starts_with("warning: every uncertainty of joints 1-20 is ")
+                && warnings[0].contains("undefined"),
+            "{}",
+            run.2
+        );
+        let txt = std::fs::read_to_string(out.join("freihand/e2e/scores.txt")).unwrap();
+        for label in [
+            "Pearson Correlation",
+            "Pearson Correlation_1_99",
+            "Pearson Correlation_5_95",
+        ] {
+            assert!(txt.contains(&format!("{label}: nan\n")), "{txt}");
+        }
+        let js: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("freihand/e2e/scores.json")).unwrap(),
+        )
+        .unwrap();
+        assert!(js["pearson"].is_null());
+        assert!(js["ausc"].as_f64().unwrap().is_finite());
+        let notes = js["notes"].as_array().unwrap();
+        assert!(
+            notes[0]
+                .as_str()
+                .unwrap()
+                .contains("uncertainty of joints 1-20"),
+            "{notes:?}"
+        );
+    }
+}

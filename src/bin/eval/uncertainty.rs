@@ -63,6 +63,9 @@ pub fn run(mut p: pico_args::Arguments) -> Result<()> {
     handcov::eval::set_threads(threads)?;
     let inputs = UncertaintyInputs::locate(dataset, &exp, &pred_dir, &gt_dir);
     let report = evaluate(dataset, &exp, &inputs)?;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     let dir = out
         .unwrap_or_else(|| PathBuf::from("uncertainty_eval/save"))
         .join(dataset.name())
