@@ -819,3 +819,37 @@ fn constant_uncertainty_keeps_nan_with_a_warning() {
         );
     }
 }
+
+#[test]
+fn degenerate_alignments_are_not_counted_as_not_positive_definite() {
+    let mut set = generate(40);
+    set.pred_xyz = vec![0.0; set.pred_xyz.len()];
+    let root = scratch("eval_cli_zeros");
+    let (pred_dir, gt_dir) = write_set(&root, &set, true);
+    let out = root.join("save");
+    let run = unc_run(&pred_dir, &gt_dir, &out, &[]);
+    assert_eq!(run.0, 0, "{}", run.2);
+    assert!(
+        run.1
+            .contains("calibration, Procrustes-aligned: 40 degenerate alignment(s)"),
+        "{}",
+        run.1
+    );
+    // No sample is left for that variant's NLL: said on stderr, not only as a NaN.
+    assert!(
+        run.2
+            .starts_with("warning: calibration, Procrustes-aligned: no sample is usable"),
+        "{}",
+        run.2
+    );
+    let js: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("freihand/e2e/scores.json")).unwrap(),
+    )
+    .unwrap();
+    let pa = &js["calibration"]["procrustes_aligned"];
+    assert_eq!(pa["n_degenerate_alignment"], 40);
+    // generate() makes sample 7's covariance indefinite: the only sample not PD.
+    assert_eq!(pa["n_not_positive_definite"], 0);
+    assert_eq!(js["calibration"]["unaligned"]["n_not_positive_definite"], 1);
+    assert_eq!(js["calibration"]["unaligned"]["n_degenerate_alignment"], 0);
+}

@@ -207,7 +207,7 @@ pub fn evaluate(
         .map(|how| joint_errors(&gt, &pred.xyz, how));
     let [reference, root_aligned, procrustes_aligned] =
         [0, 1, 2].map(|v| scores(&errors[v], &u, n));
-    let warnings = undefined_scores(
+    let mut warnings = undefined_scores(
         &u,
         n,
         &[
@@ -225,7 +225,33 @@ pub fn evaluate(
         ));
     }
     let (calibration, uncertainty_type) = match &cov {
-        Some(c) => (Some(calibration(&pred.xyz, &gt, c)?), c.uncertainty.clone()),
+        Some(c) => {
+            let cal = calibration(&pred.xyz, &gt, c)?;
+            for (name, v) in [
+                ("unaligned", &cal.unaligned),
+                ("root-relative", &cal.root_relative),
+                ("Procrustes-aligned", &cal.procrustes_aligned),
+            ] {
+                if v.n_degenerate > 0 {
+                    notes.push(format!(
+                        "calibration, {name}: {} degenerate alignment(s) (column `c = 0`): \
+                         the Procrustes scale c is 0 (a prediction with all joints at one \
+                         point, e.g. all zeros), so the aligned covariance is 0; those samples \
+                         are left out, they are not counted as not PD",
+                        v.n_degenerate
+                    ));
+                }
+                if v.n_used == 0 {
+                    warnings.push(format!(
+                        "calibration, {name}: no sample is usable ({} not positive definite, {} \
+                         degenerate alignment(s)), so its NLL, Mahalanobis mean and coverages \
+                         are nan (null in scores.json)",
+                        v.n_not_pd, v.n_degenerate
+                    ));
+                }
+            }
+            (Some(cal), c.uncertainty.clone())
+        }
         None => {
             notes.push(format!(
                 "no covariance file {} beside the predictions: calibration omitted",
@@ -322,6 +348,7 @@ fn variant_json(v: &VariantCalibration, what: &str) -> Value {
         "k": v.k,
         "n_used": v.n_used,
         "n_not_positive_definite": v.n_not_pd,
+        "n_degenerate_alignment": v.n_degenerate,
         "nll_mean": v.nll,
         "mahalanobis_sq_mean": v.mean_mahalanobis_sq,
         "coverage_50": v.coverage[0],
@@ -393,7 +420,7 @@ impl UncertaintyReport {
         }
         if let Some(c) = &self.calibration {
             t.push_str(&format!(
-                "\ncalibration of the covariances ({}):\n{:<22} {:>3} {:>12} {:>7} {:>7} {:>7} {:>7}\n",
+                "\ncalibration of the covariances ({}):\n{:<22} {:>3} {:>12} {:>7} {:>7} {:>7} {:>7} {:>7}\n",
                 self.uncertainty_type.as_deref().unwrap_or("type not recorded"),
                 "residual",
                 "k",
@@ -401,7 +428,8 @@ impl UncertaintyReport {
                 "cov50",
                 "cov90",
                 "cov95",
-                "not PD"
+                "not PD",
+                "c = 0"
             ));
             for (name, v) in [
                 ("unaligned", &c.unaligned),
@@ -409,8 +437,14 @@ impl UncertaintyReport {
                 ("Procrustes-aligned", &c.procrustes_aligned),
             ] {
                 t.push_str(&format!(
-                    "{name:<22} {:>3} {:>12.3} {:>7.3} {:>7.3} {:>7.3} {:>7}\n",
-                    v.k, v.nll, v.coverage[0], v.coverage[1], v.coverage[2], v.n_not_pd
+                    "{name:<22} {:>3} {:>12.3} {:>7.3} {:>7.3} {:>7.3} {:>7} {:>7}\n",
+                    v.k,
+                    v.nll,
+                    v.coverage[0],
+                    v.coverage[1],
+                    v.coverage[2],
+                    v.n_not_pd,
+                    v.n_degenerate
                 ));
             }
         }
