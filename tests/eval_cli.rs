@@ -853,3 +853,38 @@ fn degenerate_alignments_are_not_counted_as_not_positive_definite() {
     assert_eq!(js["calibration"]["unaligned"]["n_not_positive_definite"], 1);
     assert_eq!(js["calibration"]["unaligned"]["n_degenerate_alignment"], 0);
 }
+
+#[test]
+fn flags_are_bounded_and_named() {
+    let set = generate(40);
+    let root = scratch("eval_cli_flags");
+    let (pred_dir, gt_dir) = write_set(&root, &set, false);
+    let pred = pred_dir.join("e2e/freihand-val.json");
+    let out = root.join("save");
+    let pose_out = root.join("pose.json");
+    for threads in ["0", "100000", "-1"] {
+        assert_error(
+            unc_run(&pred_dir, &gt_dir, &out, &["--threads", threads]),
+            "--threads",
+        );
+        assert_error(
+            pose_run(&pred, &gt_dir, &pose_out, &["--threads", threads]),
+            "--threads",
+        );
+    }
+    assert_error(
+        unc_run(
+            &pred_dir,
+            &gt_dir,
+            &out,
+            &["--threads", "1", "--threads", "2"],
+        ),
+        "--threads is given more than once",
+    );
+    assert_error(
+        pose_run(&pred, &gt_dir, &pose_out, &["--out", s(&pose_out)]),
+        "--out is given more than once",
+    );
+    let run = pose_run(&pred, &gt_dir, &pose_out, &["--threads", "2"]);
+    assert_eq!(run.0, 0, "{}", run.2);
+}

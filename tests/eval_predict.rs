@@ -22,13 +22,26 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Runs `eval predict ARGS`; returns (exit code, stdout, stderr).
+/// Runs `eval predict ARGS`; returns (exit code, stdout, stderr). A run still going after two
+/// minutes (an input that blocks, such as a FIFO) is killed and reported as exit code -1.
 fn eval_predict(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_eval"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eval"))
         .arg("predict")
         .args(args)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed().as_secs() >= 120 {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (-1, String::new(), "still running after 120 s".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -592,4 +605,35 @@ fn bad_flags() {
     assert_eq!(code, 0);
     assert!(help.contains("--samples") && help.contains("-val_covariance.safetensors"));
     let _ = &b.samples;
+}
+
+#[test]
+fn count_flags_are_bounded() {
+    let b = Bad::new("eval_predict_err_counts");
+    let set = b.dir.join("set.json");
+    let out = b.dir.join("out");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--data", s(&b.root)];
+        args.extend_from_slice(extra);
+        run_set(&b.cfg, &b.weights, &set, "freihand", &out, "e", &args)
+    };
+    // --threads 0 was one thread, --threads 100000 stalled for minutes.
+    assert_clean_error(
+        run(&["--threads", "0"]),
+        &["--threads 0: expected 1 to 1024"],
+    );
+    assert_clean_error(run(&["--threads", "100000"]), &["--threads 100000"]);
+    assert_clean_error(
+        run(&["--batch", "100000"]),
+        &["--batch 100000: expected 1 to 1024"],
+    );
+    assert_clean_error(
+        run(&["--limit", "6"]),
+        &["--limit 6: expected 1 to 5, the number of samples in"],
+    );
+    assert_clean_error(
+        run(&["--batch", "2", "--batch", "3"]),
+        &["--batch is given more than once"],
+    );
+    assert!(!out.exists(), "nothing is written");
 }

@@ -1,6 +1,8 @@
 //! `eval predict`: run a model over an evaluation set and write the reference's result files.
 //! See `eval predict --help` and eval/README.md.
 
+use crate::required;
+use handcov::cli;
 use handcov::engine::{DeviceChoice, Engine, Precision};
 use handcov::error::{Error, Result};
 use handcov::eval::files::Dataset;
@@ -48,10 +50,10 @@ OPTIONS:
   --allow-extra           accept tensors in the weights that the model does not use
   --device cpu|cuda|auto  default auto: the GPU when one is usable, else the CPU
   --precision fp32|bf16   GPU numerics (default fp32, the reference's evaluation precision)
-  --batch N               images per forward pass (default 16, as the reference)
-  --threads N             CPU threads (default: all cores)
-  --limit K               evaluate only the first K samples (smoke tests; the metrics expect
-                          the whole set)
+  --batch N               images per forward pass, 1 to 1024 (default 16, as the reference)
+  --threads N             CPU threads, 1 to 1024 (default: all cores)
+  --limit K               evaluate only the first K samples, at most the set's size (smoke
+                          tests; the metrics expect the whole set)
   -h, --help              this text
 
 Every missing or unreadable image, malformed evaluation set or bad flag is one `error: ...`
@@ -72,61 +74,43 @@ struct Args {
     limit: Option<usize>,
 }
 
-fn required<T: std::str::FromStr>(p: &mut pico_args::Arguments, flag: &'static str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    opt(p, flag)?.ok_or_else(|| Error::Input(format!("missing {flag} (see --help)")))
-}
+const SEE: &str = "eval predict --help";
 
-fn opt<T: std::str::FromStr>(p: &mut pico_args::Arguments, flag: &'static str) -> Result<Option<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    p.opt_value_from_fn(flag, |v| v.parse::<T>().map_err(|e| format!("{e}")))
-        .map_err(|e| Error::Input(format!("{flag}: {e} (see --help)")))
-}
+/// The most images per forward pass `--batch` accepts (the reference uses 16; one image is
+/// 0.6 MB of input alone, and every layer's activations grow with the batch).
+const MAX_BATCH: usize = 1024;
 
 fn parse_args(mut p: pico_args::Arguments) -> Result<Option<Args>> {
     if p.contains(["-h", "--help"]) {
         print!("{HELP}");
         return Ok(None);
     }
-    let dataset: String = required(&mut p, "--dataset")?;
+    let dataset: String = required(&mut p, "--dataset", SEE)?;
     let args = Args {
         dataset: Dataset::parse(&dataset)?,
-        samples: required(&mut p, "--samples")?,
-        data: opt(&mut p, "--data")?,
-        exp: required(&mut p, "--exp")?,
-        out: opt(&mut p, "--out")?.unwrap_or_else(|| PathBuf::from("results")),
+        samples: required(&mut p, "--samples", SEE)?,
+        data: cli::opt(&mut p, "--data", SEE)?,
+        exp: required(&mut p, "--exp", SEE)?,
+        out: cli::opt(&mut p, "--out", SEE)?.unwrap_or_else(|| PathBuf::from("results")),
         model: ModelSpec {
-            config: opt(&mut p, "--config")?.unwrap_or_else(|| "hamer".to_string()),
-            uncertainty: opt(&mut p, "--uncertainty")?,
-            weights: required(&mut p, "--weights")?,
-            mano: opt(&mut p, "--mano")?,
+            config: cli::opt(&mut p, "--config", SEE)?.unwrap_or_else(|| "hamer".to_string()),
+            uncertainty: cli::opt(&mut p, "--uncertainty", SEE)?,
+            weights: required(&mut p, "--weights", SEE)?,
+            mano: cli::opt(&mut p, "--mano", SEE)?,
             allow_extra: p.contains("--allow-extra"),
         },
         device: DeviceChoice::parse(
-            &opt::<String>(&mut p, "--device")?.unwrap_or_else(|| "auto".into()),
+            &cli::opt::<String>(&mut p, "--device", SEE)?.unwrap_or_else(|| "auto".into()),
         )?,
         precision: Precision::parse(
-            &opt::<String>(&mut p, "--precision")?.unwrap_or_else(|| "fp32".into()),
+            &cli::opt::<String>(&mut p, "--precision", SEE)?.unwrap_or_else(|| "fp32".into()),
         )?,
-        batch: opt(&mut p, "--batch")?.unwrap_or(16),
-        threads: opt(&mut p, "--threads")?,
-        limit: opt(&mut p, "--limit")?,
+        batch: cli::count(&mut p, "--batch", 1, MAX_BATCH, SEE)?.unwrap_or(16),
+        threads: cli::threads(&mut p, SEE)?,
+        // Bounded by the set's size once it is read.
+        limit: cli::opt(&mut p, "--limit", SEE)?,
     };
-    if let Some(first) = p.finish().first() {
-        return Err(Error::Input(format!(
-            "unexpected argument {first:?} (see --help)"
-        )));
-    }
-    if args.batch == 0 {
-        return Err(Error::Input("--batch must be at least 1".into()));
-    }
-    if args.limit == Some(0) {
-        return Err(Error::Input("--limit must be at least 1".into()));
-    }
+    cli::finish(p, HELP, SEE)?;
     if args.exp.is_empty() || args.exp == "." || args.exp == ".." || args.exp.contains(['/', '\\'])
     {
         return Err(Error::Input(format!(
@@ -148,12 +132,7 @@ pub fn run(p: pico_args::Arguments) -> Result<()> {
     let Some(args) = parse_args(p)? else {
         return Ok(());
     };
-    if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build_global()
-            .map_err(|e| Error::Input(format!("--threads: {e}")))?;
-    }
+    cli::set_threads(args.threads)?;
     let set = load_eval_set(&args.samples, args.data.as_deref())?;
     if let Some(d) = &set.dataset {
         if d != args.dataset.name() {
@@ -166,6 +145,13 @@ pub fn run(p: pico_args::Arguments) -> Result<()> {
     }
     let mut samples = set.samples;
     if let Some(k) = args.limit {
+        if !(1..=samples.len()).contains(&k) {
+            return Err(Error::Input(format!(
+                "--limit {k}: expected 1 to {}, the number of samples in {}",
+                samples.len(),
+                args.samples.display()
+            )));
+        }
         samples.truncate(k);
     }
     // Every image is checked before the model is loaded: a missing file fails in seconds, not
