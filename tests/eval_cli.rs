@@ -888,3 +888,72 @@ fn flags_are_bounded_and_named() {
     let run = pose_run(&pred, &gt_dir, &pose_out, &["--threads", "2"]);
     assert_eq!(run.0, 0, "{}", run.2);
 }
+
+#[test]
+fn outputs_never_overwrite_inputs() {
+    let set = generate(40);
+    let root = scratch("eval_cli_clobber");
+    let (pred_dir, gt_dir) = write_set(&root, &set, true);
+    let pred = pred_dir.join("e2e/freihand-val.json");
+    let gt_xyz = gt_dir.join("evaluation_xyz.json");
+    let gt_verts = gt_dir.join("evaluation_verts.json");
+    let before: Vec<Vec<u8>> = [&pred, &gt_xyz, &gt_verts]
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    // The same file, spelt as given or another way.
+    let pred_other = pred_dir.join("e2e/../e2e/./freihand-val.json");
+    for (out, needle) in [
+        (pred.clone(), "is the same file as --pred"),
+        (pred_other, "is the same file as --pred"),
+        (gt_xyz.clone(), "is the same file as the ground truth"),
+        (gt_verts.clone(), "is the same file as the ground truth"),
+    ] {
+        assert_error(pose_run(&pred, &gt_dir, &out, &[]), needle);
+    }
+    // The report files of eval uncertainty, through a symbolic link to the ground truth.
+    let out = root.join("save");
+    let dir = out.join("freihand/e2e");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(&gt_xyz, dir.join("scores.json")).unwrap();
+    assert_error(
+        unc_run(&pred_dir, &gt_dir, &out, &[]),
+        "is the same file as the ground truth",
+    );
+    assert!(!dir.join("scores.txt").exists(), "nothing is written");
+    let after: Vec<Vec<u8>> = [&pred, &gt_xyz, &gt_verts]
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert!(before == after, "an input was changed");
+}
+
+#[test]
+fn inputs_that_are_not_regular_files() {
+    let set = generate(40);
+    let root = scratch("eval_cli_fifo");
+    let (pred_dir, gt_dir) = write_set(&root, &set, true);
+    let fifo = root.join("fifo.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // A FIFO blocked the read forever; a directory gave the OS's "Is a directory".
+    for input in [&fifo, &root] {
+        assert_error(
+            pose_run(input, &gt_dir, &root.join("pose.json"), &[]),
+            "not a regular file",
+        );
+    }
+    let pd = root.join("fifo_pred");
+    std::fs::create_dir_all(pd.join("e2e")).unwrap();
+    for f in ["freihand-val.json", "freihand-val_uncertainty.json"] {
+        std::fs::copy(pred_dir.join("e2e").join(f), pd.join("e2e").join(f)).unwrap();
+    }
+    std::os::unix::fs::symlink(&fifo, pd.join("e2e/freihand-val_covariance.safetensors")).unwrap();
+    assert_error(
+        unc_run(&pd, &gt_dir, &root.join("save"), &[]),
+        "not a regular file",
+    );
+}

@@ -353,4 +353,18 @@ fn only_regular_files_are_read() {
             assert_eq!(e, format!("input: {}: not a regular file", p.display()));
         }
     }
+    // An output that is an input, however it is spelt; a new output is never one.
+    let a = dir.join("a.json");
+    write(&a, "[]");
+    let b = dir.join("b.json");
+    let other = dir.join("sub/../a.json");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let e = err_of(check_not_an_input(
+        "--out",
+        &other,
+        &[("--x", &b), ("--pred", &a)],
+    ));
+    assert!(e.contains("is the same file as --pred"), "{e}");
+    assert!(check_not_an_input("--out", &b, &[("--pred", &a)]).is_ok());
+    assert!(check_not_an_input("--out", &a, &[("--pred", &b)]).is_ok());
 }

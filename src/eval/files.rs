@@ -11,7 +11,9 @@
 //! file, every level's length, the JSON syntax, that every number is a finite float32 value and
 //! that no per-joint uncertainty is negative; any problem is one [`Error::Input`] (or
 //! [`Error::Io`]) line naming the file and the place ("sample 17: 20 joints, expected 21").
-//! Points are kept as [`PointSets`]: flat row-major f64, one `&[[f64; 3]]` slice per sample.
+//! Writers of the tools refuse an output path that is one of their inputs
+//! ([`check_not_an_input`]). Points are kept as
+//! [`PointSets`]: flat row-major f64, one `&[[f64; 3]]` slice per sample.
 //!
 //! Writers take flat f32 slices (the engine's outputs) plus N and write each value as Python's
 //! `json.dumps(tensor.tolist())` would: the f32 cast to f64 and printed as Python's `repr` of that
@@ -30,6 +32,7 @@
 //! read_gt_xyz(path) / read_gt_verts(path) -> PointSets
 //! check_same_n(&[(path, n), ...]) -> n                // one clear error when the Ns differ
 //! check_regular_file(path)                           // not a directory, FIFO or device
+//! check_not_an_input("--out", out, &[("--pred", pred), ...])  // out would clobber an input
 //! Dataset::{FreiHand, Ho3d}: parse("freihand"|"ho3d"), name(), official_n(),
 //!     predictions_file(), uncertainty_file(), covariance_file()
 //! HO3D_ORDER, NUM_JOINTS = 21, NUM_VERTS = 778, DIM = 63
@@ -248,6 +251,27 @@ pub fn check_regular_file(path: &Path) -> Result<()> {
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     check_regular_file(path)?;
     std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// Refuses to write `output` when it is (resolves to) one of the `inputs` (a label for the
+/// message, such as `--pred` or `the ground truth`, and the path): writing would destroy that input. Paths are
+/// compared canonicalised (symbolic links and `..` resolved); an output that does not exist
+/// yet cannot be an existing input.
+pub fn check_not_an_input(flag: &str, output: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    let Ok(out) = std::fs::canonicalize(output) else {
+        return Ok(());
+    };
+    for &(label, input) in inputs {
+        if std::fs::canonicalize(input).is_ok_and(|c| c == out) {
+            return Err(Error::Input(format!(
+                "{flag} {} is the same file as {label} {}: writing there would destroy that \
+                 input; choose another output path",
+                output.display(),
+                input.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 const XYZ_LEVELS: [Level; 3] = [

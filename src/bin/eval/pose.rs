@@ -3,7 +3,7 @@
 use crate::required;
 use handcov::cli;
 use handcov::error::{Error, Result};
-use handcov::eval::files::Dataset;
+use handcov::eval::files::{check_not_an_input, Dataset};
 use handcov::model::weights::write_atomic;
 use std::path::PathBuf;
 
@@ -20,7 +20,7 @@ OPTIONS:
   --gt-dir DIR      holds evaluation_xyz.json (N×21×3) and evaluation_verts.json (N×778×3)
   --out FILE        the metrics as JSON (default: pose_metrics.json beside --pred); keys
                     pa_mpjpe_mm, pa_mpvpe_mm, auc_j, auc_v, f5, f15, mpjpe_mm, root_mpjpe_mm, n,
-                    dataset
+                    dataset; never one of the input files
   --threads N       worker threads, 1 to 1024 (default: all cores)
   -h, --help        this text
 
@@ -50,6 +50,17 @@ pub fn run(mut p: pico_args::Arguments) -> Result<()> {
             .map(|d| d.join("pose_metrics.json"))
             .unwrap_or_else(|| PathBuf::from("pose_metrics.json"))
     });
+    let gt_xyz = gt_dir.join("evaluation_xyz.json");
+    let gt_verts = gt_dir.join("evaluation_verts.json");
+    check_not_an_input(
+        "--out",
+        &out,
+        &[
+            ("--pred", &pred),
+            ("the ground truth", &gt_xyz),
+            ("the ground truth", &gt_verts),
+        ],
+    )?;
     let m = handcov::eval::pose::evaluate(&pred, &gt_dir)?;
     let text = serde_json::to_string_pretty(&m.to_json(dataset.name()))
         .map_err(|e| Error::Input(format!("cannot serialise the metrics: {e}")))?;

@@ -4,9 +4,9 @@
 use crate::required;
 use handcov::cli;
 use handcov::error::{Error, Result};
-use handcov::eval::files::Dataset;
-use handcov::eval::uncertainty::{evaluate, UncertaintyInputs};
-use std::path::PathBuf;
+use handcov::eval::files::{check_not_an_input, Dataset};
+use handcov::eval::uncertainty::{evaluate, UncertaintyInputs, REPORT_FILES};
+use std::path::{Path, PathBuf};
 
 const HELP: &str = "\
 eval uncertainty: Pearson, clipped Pearson, AUSC, AUSE exactly as the reference's
@@ -29,6 +29,12 @@ OPTIONS:
   --threads N      worker threads, 1 to 1024 (default: all cores)
   -h, --help       this text
 
+At least 3 samples are needed (with fewer, the 2 % sparsification cut is empty). Every number
+in the files must be a finite float32 value, and no uncertainty may be negative; such input,
+mismatched files, or an --out whose files would overwrite an input, is one `error: ...` line
+and exit code 2. A score the reference itself leaves undefined (Pearson of a constant
+uncertainty: nan) stays nan in scores.txt, with a `warning: ...` line on stderr saying why and
+a note in scores.json.
 ";
 
 const SEE: &str = "eval uncertainty --help";
@@ -57,6 +63,17 @@ pub fn run(mut p: pico_args::Arguments) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("uncertainty_eval/save"))
         .join(dataset.name())
         .join(&exp);
+    let mut read: Vec<(&str, &Path)> = vec![
+        ("the predictions", &inputs.predictions),
+        ("the uncertainties", &inputs.uncertainty),
+        ("the ground truth", &inputs.gt_xyz),
+    ];
+    if let Some(c) = &inputs.covariance {
+        read.push(("the covariances", c));
+    }
+    for name in REPORT_FILES {
+        check_not_an_input("--out", &dir.join(name), &read)?;
+    }
     let report = evaluate(dataset, &exp, &inputs)?;
     for w in &report.warnings {
         eprintln!("warning: {w}");
