@@ -608,6 +608,47 @@ fn bad_flags() {
 }
 
 #[test]
+fn outputs_are_checked_before_any_work() {
+    let b = Bad::new("eval_predict_err_outputs");
+    let set = b.dir.join("set.json");
+    let data = ["--data", s(&b.root)];
+    // --out is a regular file: said at once, not after predicting the whole set.
+    let file = b.dir.join("a_file");
+    std::fs::write(&file, "x").unwrap();
+    assert_clean_error(
+        run_set(&b.cfg, &b.weights, &set, "freihand", &file, "e", &data),
+        &["--out", "a_file", "cannot create the output directory"],
+    );
+    // An output file that is a directory.
+    let out = b.dir.join("out");
+    std::fs::create_dir_all(out.join("e/freihand-val_uncertainty.json")).unwrap();
+    assert_clean_error(
+        run_set(&b.cfg, &b.weights, &set, "freihand", &out, "e", &data),
+        &["freihand-val_uncertainty.json", "is a directory"],
+    );
+    // Outputs that are inputs: the evaluation set, the weights.
+    let out = b.dir.join("clobber");
+    std::fs::create_dir_all(out.join("e")).unwrap();
+    let set2 = out.join("e/freihand-val.json");
+    std::fs::copy(&set, &set2).unwrap();
+    let weights2 = out.join("e/freihand-val_covariance.safetensors");
+    std::fs::copy(&b.weights, &weights2).unwrap();
+    assert_clean_error(
+        run_set(&b.cfg, &b.weights, &set2, "freihand", &out, "e", &data),
+        &["is the same file as --samples"],
+    );
+    assert_clean_error(
+        run_set(&b.cfg, &weights2, &set, "freihand", &out, "e", &data),
+        &["is the same file as --weights"],
+    );
+    assert_eq!(std::fs::read(&set2).unwrap(), std::fs::read(&set).unwrap());
+    assert_eq!(
+        std::fs::read(&weights2).unwrap(),
+        std::fs::read(&b.weights).unwrap()
+    );
+}
+
+#[test]
 fn count_flags_are_bounded() {
     let b = Bad::new("eval_predict_err_counts");
     let set = b.dir.join("set.json");
@@ -636,4 +677,37 @@ fn count_flags_are_bounded() {
         &["--batch is given more than once"],
     );
     assert!(!out.exists(), "nothing is written");
+}
+
+#[test]
+fn inputs_that_are_not_regular_files() {
+    let b = Bad::new("eval_predict_err_fifo");
+    let set = b.dir.join("set.json");
+    let out = b.dir.join("out");
+    let fifo = b.root.join("rgb/fifo.png");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let data = ["--data", s(&b.root)];
+    // Each of these blocked forever on the FIFO.
+    assert_clean_error(
+        run_set(&b.cfg, &b.weights, &fifo, "freihand", &out, "e", &data),
+        &["fifo.png", "not a regular file"],
+    );
+    assert_clean_error(
+        run_set(&b.cfg, &fifo, &set, "freihand", &out, "e", &data),
+        &["fifo.png", "not a regular file"],
+    );
+    assert_clean_error(
+        run_set(&fifo, &b.weights, &set, "freihand", &out, "e", &data),
+        &["fifo.png", "not a regular file"],
+    );
+    let mut v = b.samples.iter().map(clone_sample).collect::<Vec<_>>();
+    v[2].image = "rgb/fifo.png";
+    assert_clean_error(
+        b.run_samples(&v),
+        &["sample 2", "fifo.png", "not a regular file"],
+    );
 }

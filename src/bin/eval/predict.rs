@@ -5,11 +5,13 @@ use crate::required;
 use handcov::cli;
 use handcov::engine::{DeviceChoice, Engine, Precision};
 use handcov::error::{Error, Result};
-use handcov::eval::files::Dataset;
-use handcov::eval::predict::{check_images, load_eval_set, predict, write_outputs, OutputPaths};
+use handcov::eval::files::{check_not_an_input, check_regular_file, Dataset};
+use handcov::eval::predict::{
+    check_images, load_eval_set, predict, write_outputs, EvalSample, OutputPaths,
+};
 use handcov::infer::{load_model, ModelSpec};
-use handcov::model::config::Uncertainty;
-use std::path::PathBuf;
+use handcov::model::config::{ModelConfig, Uncertainty};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const HELP: &str = "\
@@ -57,7 +59,9 @@ OPTIONS:
   -h, --help              this text
 
 Every missing or unreadable image, malformed evaluation set or bad flag is one `error: ...`
-line and exit code 2; no sample is ever skipped.
+line and exit code 2; no sample is ever skipped. The output directory is created and checked
+before any work: one that cannot be written, or an output file that is one of the inputs,
+stops the run at once.
 ";
 
 struct Args {
@@ -124,6 +128,73 @@ fn parse_args(mut p: pico_args::Arguments) -> Result<Option<Args>> {
     Ok(Some(args))
 }
 
+/// The model's files (weights, MANO, a config file rather than a preset) are regular files.
+fn check_model_files(m: &ModelSpec) -> Result<()> {
+    check_regular_file(&m.weights)?;
+    if let Some(mano) = &m.mano {
+        check_regular_file(mano)?;
+    }
+    if ModelConfig::preset(&m.config).is_none() {
+        check_regular_file(Path::new(&m.config))?;
+    }
+    Ok(())
+}
+
+/// Before any work: the output directory can be created and written, no output file is a
+/// directory, and none is one of the inputs (writing it would destroy that input).
+fn check_outputs(
+    args: &Args,
+    dir: &Path,
+    paths: &OutputPaths,
+    samples: &[EvalSample],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::Input(format!(
+            "--out {}: cannot create the output directory {} ({e})",
+            args.out.display(),
+            dir.display()
+        ))
+    })?;
+    let probe = dir.join(format!(".eval-predict-probe{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| {
+            Error::Input(format!(
+                "--out {}: cannot write into {} ({e})",
+                args.out.display(),
+                dir.display()
+            ))
+        })?;
+    let _ = std::fs::remove_file(&probe);
+    let mut inputs: Vec<(&str, &Path)> = vec![
+        ("--samples", &args.samples),
+        ("--weights", &args.model.weights),
+    ];
+    if let Some(m) = &args.model.mano {
+        inputs.push(("--mano", m));
+    }
+    if ModelConfig::preset(&args.model.config).is_none() {
+        inputs.push(("--config", Path::new(&args.model.config)));
+    }
+    inputs.extend(
+        samples
+            .iter()
+            .map(|s| ("an evaluation image", s.path.as_path())),
+    );
+    for out in [&paths.predictions, &paths.uncertainty, &paths.covariance] {
+        if out.is_dir() {
+            return Err(Error::Input(format!(
+                "{}: the output file is a directory",
+                out.display()
+            )));
+        }
+        check_not_an_input("--out", out, &inputs)?;
+    }
+    Ok(())
+}
+
 fn rate(done: usize, elapsed: Duration) -> f64 {
     done as f64 / elapsed.as_secs_f64().max(1e-9)
 }
@@ -133,6 +204,8 @@ pub fn run(p: pico_args::Arguments) -> Result<()> {
         return Ok(());
     };
     cli::set_threads(args.threads)?;
+    check_regular_file(&args.samples)?;
+    check_model_files(&args.model)?;
     let set = load_eval_set(&args.samples, args.data.as_deref())?;
     if let Some(d) = &set.dataset {
         if d != args.dataset.name() {
@@ -154,14 +227,15 @@ pub fn run(p: pico_args::Arguments) -> Result<()> {
         }
         samples.truncate(k);
     }
-    // Every image is checked before the model is loaded: a missing file fails in seconds, not
-    // after hours of work.
+    // Every image and the output location are checked before the model is loaded: a missing
+    // file or an unwritable --out fails in seconds, not after hours of work.
     check_images(&samples)?;
+    let dir = args.out.join(&args.exp);
+    let paths = OutputPaths::new(&dir, args.dataset);
+    check_outputs(&args, &dir, &paths, &samples)?;
     let model = load_model(&args.model)?;
     let uncertainty = model.config.uncertainty;
     let mut engine = Engine::new(model, args.device, args.precision, false)?;
-    let dir = args.out.join(&args.exp);
-    let paths = OutputPaths::new(&dir, args.dataset);
     eprintln!(
         "eval predict: {} samples of {} ({}), model `{}` on {}, batch {}",
         samples.len(),
