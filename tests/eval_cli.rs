@@ -580,3 +580,380 @@ fn help_texts() {
         .1
         .contains("uncertainty_eval/save"));
 }
+
+/// Like [`eval`], but a run still going after `secs` seconds is killed and reported as exit
+/// code -1 (an input that blocks, such as a FIFO, must fail the test, not hang it).
+fn eval_within(args: &[&str], secs: u64) -> (i32, String, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eval"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed().as_secs() >= secs {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (-1, String::new(), format!("still running after {secs} s"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn unc_run(pred_dir: &Path, gt_dir: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "uncertainty",
+        "--dataset",
+        "freihand",
+        "--exp",
+        "e2e",
+        "--pred-dir",
+        s(pred_dir),
+        "--gt-dir",
+        s(gt_dir),
+        "--out",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    eval_within(&args, 60)
+}
+
+fn pose_run(pred: &Path, gt_dir: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "pose",
+        "--dataset",
+        "freihand",
+        "--pred",
+        s(pred),
+        "--gt-dir",
+        s(gt_dir),
+        "--out",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    eval_within(&args, 60)
+}
+
+/// `text` with the `k`-th number token (counting from 0) replaced by `with`.
+fn replace_number(text: &str, k: usize, with: &str) -> String {
+    let mut count = 0;
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(|c: char| c == '-' || c.is_ascii_digit()) {
+        let end = rest[i..].find([',', ']']).map_or(rest.len(), |e| i + e);
+        out.push_str(&rest[..i]);
+        out.push_str(if count == k { with } else { &rest[i..end] });
+        count += 1;
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn values_beyond_float32_and_negative_uncertainties_are_errors() {
+    let set = generate(40);
+    let root = scratch("eval_cli_huge");
+    let (pred_dir, gt_dir) = write_set(&root, &set, false);
+    let out = root.join("save");
+    let exp = pred_dir.join("e2e");
+    let pred = exp.join("freihand-val.json");
+    let unc = exp.join("freihand-val_uncertainty.json");
+    let gt = gt_dir.join("evaluation_xyz.json");
+    let (pred_text, unc_text, gt_text) = (
+        std::fs::read_to_string(&pred).unwrap(),
+        std::fs::read_to_string(&unc).unwrap(),
+        std::fs::read_to_string(&gt).unwrap(),
+    );
+    // Sample 2, joint 4, coordinate 1 of the joints; sample 3, joint 5 of the uncertainties.
+    let at_xyz = 2 * 63 + 4 * 3 + 1;
+    let at_unc = 3 * 21 + 5;
+    for (file, original, k, bad, needle) in [
+        (
+            &pred,
+            &pred_text,
+            at_xyz,
+            "1e160",
+            "xyz_list, sample 2, joint 4, coordinate 1",
+        ),
+        (
+            &pred,
+            &pred_text,
+            at_xyz,
+            "-3.5e38",
+            "xyz_list, sample 2, joint 4, coordinate 1",
+        ),
+        (
+            &unc,
+            &unc_text,
+            at_unc,
+            "1e300",
+            "uncertainty_list, sample 3, joint 5",
+        ),
+        (
+            &gt,
+            &gt_text,
+            at_xyz,
+            "1e300",
+            "sample 2, joint 4, coordinate 1",
+        ),
+    ] {
+        std::fs::write(file, replace_number(original, k, bad)).unwrap();
+        let run = unc_run(&pred_dir, &gt_dir, &out, &[]);
+        assert!(
+            run.2.contains("float32") && run.2.contains(s(file)),
+            "{}",
+            run.2
+        );
+        assert_error(run, needle);
+        if file != &unc {
+            // eval pose wrote null metrics for such predictions.
+            let run = pose_run(&pred, &gt_dir, &root.join("pose.json"), &[]);
+            assert_error(run, "float32");
+        }
+        std::fs::write(file, original).unwrap();
+    }
+    // f32::MAX itself is a float32 value.
+    std::fs::write(
+        &pred,
+        replace_number(&pred_text, at_xyz, "3.4028234663852886e+38"),
+    )
+    .unwrap();
+    let run = pose_run(&pred, &gt_dir, &root.join("pose.json"), &[]);
+    assert_eq!(run.0, 0, "{}", run.2);
+    std::fs::write(&pred, &pred_text).unwrap();
+    // A negative per-joint uncertainty.
+    std::fs::write(&unc, replace_number(&unc_text, at_unc, "-0.001")).unwrap();
+    assert_error(
+        unc_run(&pred_dir, &gt_dir, &out, &[]),
+        "uncertainty_list, sample 3, joint 5 is negative (-0.001)",
+    );
+    // A leading zero (JSON forbids it).
+    std::fs::write(&unc, replace_number(&unc_text, at_unc, "00.001")).unwrap();
+    assert_error(
+        unc_run(&pred_dir, &gt_dir, &out, &[]),
+        "uncertainty_list, sample 3, joint 5 has a leading zero",
+    );
+}
+
+#[test]
+fn uncertainty_needs_three_samples() {
+    let full = generate(3);
+    for n in [1, 2] {
+        let root = scratch(&format!("eval_cli_n{n}"));
+        let set = Set {
+            n,
+            gt_verts: full.gt_verts[..n * 778 * 3].to_vec(),
+            gt_xyz: full.gt_xyz[..n * 63].to_vec(),
+            pred_verts: full.pred_verts[..n * 778 * 3].to_vec(),
+            pred_xyz: full.pred_xyz[..n * 63].to_vec(),
+            unc: full.unc[..n * 21].to_vec(),
+            cov: full.cov[..n * 3969].to_vec(),
+        };
+        let (pred_dir, gt_dir) = write_set(&root, &set, true);
+        let out = root.join("save");
+        assert_error(
+            unc_run(&pred_dir, &gt_dir, &out, &[]),
+            &format!("{n} sample(s), but the uncertainty metrics need at least 3"),
+        );
+        assert!(!out.exists(), "nothing is written");
+    }
+    // Three samples: every sparsification cut keeps an entry, the scores are numbers.
+    let root = scratch("eval_cli_n3");
+    let (pred_dir, gt_dir) = write_set(&root, &full, true);
+    let out = root.join("save");
+    let run = unc_run(&pred_dir, &gt_dir, &out, &[]);
+    assert_eq!(run.0, 0, "{}", run.2);
+    assert!(!run.2.contains("warning"), "{}", run.2);
+    let txt = std::fs::read_to_string(out.join("freihand/e2e/scores.txt")).unwrap();
+    assert!(!txt.contains("nan"), "{txt}");
+}
+
+#[test]
+fn constant_uncertainty_keeps_nan_with_a_warning() {
+    for (name, value) in [("const", 1.5e-4f32), ("zero", 0.0)] {
+        let mut set = generate(40);
+        set.unc = vec![value; set.unc.len()];
+        let root = scratch(&format!("eval_cli_unc_{name}"));
+        let (pred_dir, gt_dir) = write_set(&root, &set, false);
+        let out = root.join("save");
+        let run = unc_run(&pred_dir, &gt_dir, &out, &[]);
+        assert_eq!(run.0, 0, "{}", run.2);
+        // One warning line saying why; the reference's nan stays in scores.txt.
+        let warnings: Vec<&str> = run.2.lines().collect();
+        assert_eq!(warnings.len(), 1, "{}", run.2);
+        assert!(
+            warnings[0].starts_with("warning: every uncertainty of joints 1-20 is ")
+                && warnings[0].contains("undefined"),
+            "{}",
+            run.2
+        );
+        let txt = std::fs::read_to_string(out.join("freihand/e2e/scores.txt")).unwrap();
+        for label in [
+            "Pearson Correlation",
+            "Pearson Correlation_1_99",
+            "Pearson Correlation_5_95",
+        ] {
+            assert!(txt.contains(&format!("{label}: nan\n")), "{txt}");
+        }
+        let js: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("freihand/e2e/scores.json")).unwrap(),
+        )
+        .unwrap();
+        assert!(js["pearson"].is_null());
+        assert!(js["ausc"].as_f64().unwrap().is_finite());
+        let notes = js["notes"].as_array().unwrap();
+        assert!(
+            notes[0]
+                .as_str()
+                .unwrap()
+                .contains("uncertainty of joints 1-20"),
+            "{notes:?}"
+        );
+    }
+}
+
+#[test]
+fn degenerate_alignments_are_not_counted_as_not_positive_definite() {
+    let mut set = generate(40);
+    set.pred_xyz = vec![0.0; set.pred_xyz.len()];
+    let root = scratch("eval_cli_zeros");
+    let (pred_dir, gt_dir) = write_set(&root, &set, true);
+    let out = root.join("save");
+    let run = unc_run(&pred_dir, &gt_dir, &out, &[]);
+    assert_eq!(run.0, 0, "{}", run.2);
+    assert!(
+        run.1
+            .contains("calibration, Procrustes-aligned: 40 degenerate alignment(s)"),
+        "{}",
+        run.1
+    );
+    // No sample is left for that variant's NLL: said on stderr, not only as a NaN.
+    assert!(
+        run.2
+            .starts_with("warning: calibration, Procrustes-aligned: no sample is usable"),
+        "{}",
+        run.2
+    );
+    let js: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("freihand/e2e/scores.json")).unwrap(),
+    )
+    .unwrap();
+    let pa = &js["calibration"]["procrustes_aligned"];
+    assert_eq!(pa["n_degenerate_alignment"], 40);
+    // generate() makes sample 7's covariance indefinite: the only sample not PD.
+    assert_eq!(pa["n_not_positive_definite"], 0);
+    assert_eq!(js["calibration"]["unaligned"]["n_not_positive_definite"], 1);
+    assert_eq!(js["calibration"]["unaligned"]["n_degenerate_alignment"], 0);
+}
+
+#[test]
+fn flags_are_bounded_and_named() {
+    let set = generate(40);
+    let root = scratch("eval_cli_flags");
+    let (pred_dir, gt_dir) = write_set(&root, &set, false);
+    let pred = pred_dir.join("e2e/freihand-val.json");
+    let out = root.join("save");
+    let pose_out = root.join("pose.json");
+    for threads in ["0", "100000", "-1"] {
+        assert_error(
+            unc_run(&pred_dir, &gt_dir, &out, &["--threads", threads]),
+            "--threads",
+        );
+        assert_error(
+            pose_run(&pred, &gt_dir, &pose_out, &["--threads", threads]),
+            "--threads",
+        );
+    }
+    assert_error(
+        unc_run(
+            &pred_dir,
+            &gt_dir,
+            &out,
+            &["--threads", "1", "--threads", "2"],
+        ),
+        "--threads is given more than once",
+    );
+    assert_error(
+        pose_run(&pred, &gt_dir, &pose_out, &["--out", s(&pose_out)]),
+        "--out is given more than once",
+    );
+    let run = pose_run(&pred, &gt_dir, &pose_out, &["--threads", "2"]);
+    assert_eq!(run.0, 0, "{}", run.2);
+}
+
+#[test]
+fn outputs_never_overwrite_inputs() {
+    let set = generate(40);
+    let root = scratch("eval_cli_clobber");
+    let (pred_dir, gt_dir) = write_set(&root, &set, true);
+    let pred = pred_dir.join("e2e/freihand-val.json");
+    let gt_xyz = gt_dir.join("evaluation_xyz.json");
+    let gt_verts = gt_dir.join("evaluation_verts.json");
+    let before: Vec<Vec<u8>> = [&pred, &gt_xyz, &gt_verts]
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    // The same file, spelt as given or another way.
+    let pred_other = pred_dir.join("e2e/../e2e/./freihand-val.json");
+    for (out, needle) in [
+        (pred.clone(), "is the same file as --pred"),
+        (pred_other, "is the same file as --pred"),
+        (gt_xyz.clone(), "is the same file as the ground truth"),
+        (gt_verts.clone(), "is the same file as the ground truth"),
+    ] {
+        assert_error(pose_run(&pred, &gt_dir, &out, &[]), needle);
+    }
+    // The report files of eval uncertainty, through a symbolic link to the ground truth.
+    let out = root.join("save");
+    let dir = out.join("freihand/e2e");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(&gt_xyz, dir.join("scores.json")).unwrap();
+    assert_error(
+        unc_run(&pred_dir, &gt_dir, &out, &[]),
+        "is the same file as the ground truth",
+    );
+    assert!(!dir.join("scores.txt").exists(), "nothing is written");
+    let after: Vec<Vec<u8>> = [&pred, &gt_xyz, &gt_verts]
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert!(before == after, "an input was changed");
+}
+
+#[test]
+fn inputs_that_are_not_regular_files() {
+    let set = generate(40);
+    let root = scratch("eval_cli_fifo");
+    let (pred_dir, gt_dir) = write_set(&root, &set, true);
+    let fifo = root.join("fifo.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // A FIFO blocked the read forever; a directory gave the OS's "Is a directory".
+    for input in [&fifo, &root] {
+        assert_error(
+            pose_run(input, &gt_dir, &root.join("pose.json"), &[]),
+            "not a regular file",
+        );
+    }
+    let pd = root.join("fifo_pred");
+    std::fs::create_dir_all(pd.join("e2e")).unwrap();
+    for f in ["freihand-val.json", "freihand-val_uncertainty.json"] {
+        std::fs::copy(pred_dir.join("e2e").join(f), pd.join("e2e").join(f)).unwrap();
+    }
+    std::os::unix::fs::symlink(&fifo, pd.join("e2e/freihand-val_covariance.safetensors")).unwrap();
+    assert_error(
+        unc_run(&pd, &gt_dir, &root.join("save"), &[]),
+        "not a regular file",
+    );
+}

@@ -254,3 +254,117 @@ fn covariance_errors() {
     assert!(write_predictions(&dir.join("x.json"), 1, &[0.0; 63], &[0.0; 10]).is_err());
     assert!(write_uncertainty(&dir.join("u.json"), 2, &[0.0; 21]).is_err());
 }
+
+#[test]
+fn numbers_follow_the_json_grammar_and_the_float32_range() {
+    let dir = common::scratch("eval_files_numbers");
+    let p = dir.join("f.json");
+    let shown = p.display().to_string();
+    // One sample whose joint 3 is `j3` (the other 20 are fine).
+    let one = |j3: &str| {
+        let mut joints = vec!["[0, 0, 0]".to_string(); 21];
+        joints[3] = j3.to_string();
+        format!("[[{}]]", joints.join(", "))
+    };
+    for (j3, needle) in [
+        (
+            "[00.1, 0, 0]",
+            "joint 3, coordinate 0 has a leading zero (`00.1`)",
+        ),
+        (
+            "[0, -01, 0]",
+            "joint 3, coordinate 1 has a leading zero (`-01`)",
+        ),
+        ("[0, 0, 007]", "joint 3, coordinate 2 has a leading zero"),
+        (
+            "[1e160, 0, 0]",
+            "the number 1e160 at sample 0, joint 3, coordinate 0 is beyond the float32 range",
+        ),
+        (
+            "[0, -1e300, 0]",
+            "-1e300 at sample 0, joint 3, coordinate 1 is beyond the float32 range",
+        ),
+        ("[0, 0, 3.4028236e38]", "beyond the float32 range"),
+    ] {
+        write(&p, &one(j3));
+        let e = err_of(read_gt_xyz(&p));
+        assert!(e.starts_with(&format!("input: {shown}: ")), "{e}");
+        assert!(e.contains(needle), "{j3}: expected {needle:?} in {e}");
+    }
+    // What the grammar and float32 allow: a lone zero, -0, exponents, f32::MAX and the smallest
+    // subnormal (as Python's repr writes their f64 values).
+    write(
+        &p,
+        &one("[0, -0.0, 0e5]").replacen("[0, 0, 0]", "[3.4028234663852886e+38, -1e-45, 0.5]", 1),
+    );
+    let pts = read_gt_xyz(&p).unwrap();
+    assert_eq!(pts.sample(0)[0], [f32::MAX as f64, -1e-45, 0.5]);
+    assert_eq!(pts.sample(0)[3], [0.0, 0.0, 0.0]);
+}
+
+#[test]
+fn negative_uncertainty_is_an_error() {
+    let dir = common::scratch("eval_files_neg_unc");
+    let pu = dir.join("u.json");
+    let mut row = vec!["0.001"; 21];
+    let good = format!("[{}]", row.join(", "));
+    row[7] = "-2e-06";
+    let bad = format!("[{}]", row.join(", "));
+    write(&pu, &format!("[[{good}, {bad}]]"));
+    let e = err_of(read_uncertainty(&pu));
+    assert!(
+        e.contains("uncertainty_list, sample 1, joint 7 is negative (-0.000002)"),
+        "{e}"
+    );
+    // -0 is not below zero.
+    write(
+        &pu,
+        &format!("[[{good}, {}]]", good.replacen("0.001", "-0.0", 1)),
+    );
+    assert_eq!(read_uncertainty(&pu).unwrap().sample(1)[0], 0.0);
+}
+
+#[test]
+fn only_regular_files_are_read() {
+    let dir = common::scratch("eval_files_not_regular");
+    let fifo = dir.join("fifo.json");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // A FIFO would block the read until a writer comes (the reads run on a thread so that
+    // the test fails rather than hangs); a directory is not a file either.
+    for p in [fifo.clone(), dir.clone()] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let q = p.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send([
+                err_of(read_gt_xyz(&q)),
+                err_of(read_predictions(&q)),
+                err_of(read_uncertainty(&q)),
+                err_of(read_covariance(&q)),
+            ]);
+        });
+        let errors = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("reading {} blocked", p.display()));
+        for e in errors {
+            assert_eq!(e, format!("input: {}: not a regular file", p.display()));
+        }
+    }
+    // An output that is an input, however it is spelt; a new output is never one.
+    let a = dir.join("a.json");
+    write(&a, "[]");
+    let b = dir.join("b.json");
+    let other = dir.join("sub/../a.json");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let e = err_of(check_not_an_input(
+        "--out",
+        &other,
+        &[("--x", &b), ("--pred", &a)],
+    ));
+    assert!(e.contains("is the same file as --pred"), "{e}");
+    assert!(check_not_an_input("--out", &b, &[("--pred", &a)]).is_ok());
+    assert!(check_not_an_input("--out", &a, &[("--pred", &b)]).is_ok());
+}

@@ -22,13 +22,26 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Runs `eval predict ARGS`; returns (exit code, stdout, stderr).
+/// Runs `eval predict ARGS`; returns (exit code, stdout, stderr). A run still going after two
+/// minutes (an input that blocks, such as a FIFO) is killed and reported as exit code -1.
 fn eval_predict(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_eval"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eval"))
         .arg("predict")
         .args(args)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed().as_secs() >= 120 {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (-1, String::new(), "still running after 120 s".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -592,4 +605,109 @@ fn bad_flags() {
     assert_eq!(code, 0);
     assert!(help.contains("--samples") && help.contains("-val_covariance.safetensors"));
     let _ = &b.samples;
+}
+
+#[test]
+fn outputs_are_checked_before_any_work() {
+    let b = Bad::new("eval_predict_err_outputs");
+    let set = b.dir.join("set.json");
+    let data = ["--data", s(&b.root)];
+    // --out is a regular file: said at once, not after predicting the whole set.
+    let file = b.dir.join("a_file");
+    std::fs::write(&file, "x").unwrap();
+    assert_clean_error(
+        run_set(&b.cfg, &b.weights, &set, "freihand", &file, "e", &data),
+        &["--out", "a_file", "cannot create the output directory"],
+    );
+    // An output file that is a directory.
+    let out = b.dir.join("out");
+    std::fs::create_dir_all(out.join("e/freihand-val_uncertainty.json")).unwrap();
+    assert_clean_error(
+        run_set(&b.cfg, &b.weights, &set, "freihand", &out, "e", &data),
+        &["freihand-val_uncertainty.json", "is a directory"],
+    );
+    // Outputs that are inputs: the evaluation set, the weights.
+    let out = b.dir.join("clobber");
+    std::fs::create_dir_all(out.join("e")).unwrap();
+    let set2 = out.join("e/freihand-val.json");
+    std::fs::copy(&set, &set2).unwrap();
+    let weights2 = out.join("e/freihand-val_covariance.safetensors");
+    std::fs::copy(&b.weights, &weights2).unwrap();
+    assert_clean_error(
+        run_set(&b.cfg, &b.weights, &set2, "freihand", &out, "e", &data),
+        &["is the same file as --samples"],
+    );
+    assert_clean_error(
+        run_set(&b.cfg, &weights2, &set, "freihand", &out, "e", &data),
+        &["is the same file as --weights"],
+    );
+    assert_eq!(std::fs::read(&set2).unwrap(), std::fs::read(&set).unwrap());
+    assert_eq!(
+        std::fs::read(&weights2).unwrap(),
+        std::fs::read(&b.weights).unwrap()
+    );
+}
+
+#[test]
+fn count_flags_are_bounded() {
+    let b = Bad::new("eval_predict_err_counts");
+    let set = b.dir.join("set.json");
+    let out = b.dir.join("out");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--data", s(&b.root)];
+        args.extend_from_slice(extra);
+        run_set(&b.cfg, &b.weights, &set, "freihand", &out, "e", &args)
+    };
+    // --threads 0 was one thread, --threads 100000 stalled for minutes.
+    assert_clean_error(
+        run(&["--threads", "0"]),
+        &["--threads 0: expected 1 to 1024"],
+    );
+    assert_clean_error(run(&["--threads", "100000"]), &["--threads 100000"]);
+    assert_clean_error(
+        run(&["--batch", "100000"]),
+        &["--batch 100000: expected 1 to 1024"],
+    );
+    assert_clean_error(
+        run(&["--limit", "6"]),
+        &["--limit 6: expected 1 to 5, the number of samples in"],
+    );
+    assert_clean_error(
+        run(&["--batch", "2", "--batch", "3"]),
+        &["--batch is given more than once"],
+    );
+    assert!(!out.exists(), "nothing is written");
+}
+
+#[test]
+fn inputs_that_are_not_regular_files() {
+    let b = Bad::new("eval_predict_err_fifo");
+    let set = b.dir.join("set.json");
+    let out = b.dir.join("out");
+    let fifo = b.root.join("rgb/fifo.png");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let data = ["--data", s(&b.root)];
+    // Each of these blocked forever on the FIFO.
+    assert_clean_error(
+        run_set(&b.cfg, &b.weights, &fifo, "freihand", &out, "e", &data),
+        &["fifo.png", "not a regular file"],
+    );
+    assert_clean_error(
+        run_set(&b.cfg, &fifo, &set, "freihand", &out, "e", &data),
+        &["fifo.png", "not a regular file"],
+    );
+    assert_clean_error(
+        run_set(&fifo, &b.weights, &set, "freihand", &out, "e", &data),
+        &["fifo.png", "not a regular file"],
+    );
+    let mut v = b.samples.iter().map(clone_sample).collect::<Vec<_>>();
+    v[2].image = "rgb/fifo.png";
+    assert_clean_error(
+        b.run_samples(&v),
+        &["sample 2", "fifo.png", "not a regular file"],
+    );
 }

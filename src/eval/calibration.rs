@@ -18,7 +18,9 @@
 //!   prediction itself; its own variability is ignored).
 //!
 //! Samples whose matrix is not positive definite (a Cholesky pivot ≤ 0) are counted and left out
-//! of the NLL and the coverage.
+//! of the NLL and the coverage. So are, counted apart, the samples whose Procrustes alignment is
+//! degenerate (scale `c = 0`, a prediction whose joints all sit at one point, such as all zeros):
+//! their aligned covariance is the zero matrix whatever Σ is.
 
 use crate::error::{Error, Result};
 use crate::eval::files::{Covariance, PointSets, DIM, NUM_JOINTS};
@@ -38,6 +40,9 @@ pub struct VariantCalibration {
     pub n_used: usize,
     /// Samples left out because their matrix is not positive definite.
     pub n_not_pd: usize,
+    /// Samples left out because their alignment is degenerate (Procrustes scale 0, so the
+    /// aligned covariance is 0); only the Procrustes-aligned variant has any.
+    pub n_degenerate: usize,
     /// Mean NLL over the used samples (NaN if none).
     pub nll: f64,
     /// Mean squared Mahalanobis distance (k for a calibrated Gaussian).
@@ -56,12 +61,23 @@ pub struct Calibration {
     pub procrustes_aligned: VariantCalibration,
 }
 
-/// `(m, log det)` of one residual, or `None` when `sigma` (k × k, overwritten) is not PD.
-fn gaussian_terms(sigma: &mut [f64], k: usize, d: &[f64]) -> Option<(f64, f64)> {
+/// One sample's outcome in one variant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Term {
+    /// `(m, log det)`.
+    Used(f64, f64),
+    NotPd,
+    /// Procrustes scale 0: the aligned covariance is 0.
+    Degenerate,
+}
+
+/// `(m, log det)` of one residual, or [`Term::NotPd`] when `sigma` (k × k, overwritten) is not
+/// PD.
+fn gaussian_terms(sigma: &mut [f64], k: usize, d: &[f64]) -> Term {
     if !cholesky(sigma, k) {
-        return None;
+        return Term::NotPd;
     }
-    Some((mahalanobis_sq(sigma, k, d), log_det_from_cholesky(sigma, k)))
+    Term::Used(mahalanobis_sq(sigma, k, d), log_det_from_cholesky(sigma, k))
 }
 
 fn symmetrised(s: &[f64]) -> Vec<f64> {
@@ -115,7 +131,7 @@ fn rotated_cov(s: &[f64], r: &Mat3, c: f64) -> Vec<f64> {
     out
 }
 
-type Terms = [Option<(f64, f64)>; 3];
+type Terms = [Term; 3];
 
 fn sample_terms(gt: &[[f64; 3]], pred: &[[f64; 3]], cov: &[f64]) -> Terms {
     let sym = symmetrised(cov);
@@ -141,14 +157,29 @@ fn sample_terms(gt: &[[f64; 3]], pred: &[[f64; 3]], cov: &[f64]) -> Terms {
         .zip(&aligned)
         .flat_map(|(g, p)| [g[0] - p[0], g[1] - p[1], g[2] - p[2]])
         .collect();
-    let mut s_pa = rotated_cov(&sym, &sim.r, sim.linear_scale());
-    let pa = gaussian_terms(&mut s_pa, DIM, &d_pa);
+    let c = sim.linear_scale();
+    let pa = if c > 0.0 && c.is_finite() {
+        let mut s_pa = rotated_cov(&sym, &sim.r, c);
+        gaussian_terms(&mut s_pa, DIM, &d_pa)
+    } else {
+        Term::Degenerate
+    };
     [unaligned, root, pa]
 }
 
 fn summarise(terms: &[Terms], v: usize, k: usize) -> VariantCalibration {
     let thresholds = LEVELS.map(|q| chi2_ppf(q, k as f64));
-    let used: Vec<(f64, f64)> = terms.iter().filter_map(|t| t[v]).collect();
+    let used: Vec<(f64, f64)> = terms
+        .iter()
+        .filter_map(|t| match t[v] {
+            Term::Used(m, ld) => Some((m, ld)),
+            _ => None,
+        })
+        .collect();
+    let n_degenerate = terms
+        .iter()
+        .filter(|t| matches!(t[v], Term::Degenerate))
+        .count();
     let n_used = used.len();
     let ln2pi = (2.0 * std::f64::consts::PI).ln();
     let mean = |f: &dyn Fn(&(f64, f64)) -> f64| {
@@ -164,7 +195,8 @@ fn summarise(terms: &[Terms], v: usize, k: usize) -> VariantCalibration {
     VariantCalibration {
         k,
         n_used,
-        n_not_pd: terms.len() - n_used,
+        n_not_pd: terms.len() - n_used - n_degenerate,
+        n_degenerate,
         nll,
         mean_mahalanobis_sq: mean_m,
         coverage,
@@ -192,4 +224,37 @@ pub fn calibration(pred: &PointSets, gt: &PointSets, cov: &Covariance) -> Result
         root_relative: summarise(&terms, 1, DIM - 3),
         procrustes_aligned: summarise(&terms, 2, DIM),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_procrustes_scale_is_degenerate_not_indefinite() {
+        // Three samples with a positive definite Σ = 0.01·I; sample 1 predicts every joint at
+        // the origin, so its alignment has c = 0 and the aligned Σ is the zero matrix.
+        let n = 3;
+        let gt: Vec<f64> = (0..n * DIM)
+            .map(|k| ((k * 7919) % 101) as f64 * 1e-3)
+            .collect();
+        let mut pred: Vec<f64> = gt.iter().map(|v| v * 0.9 + 1e-3).collect();
+        pred[DIM..2 * DIM].fill(0.0);
+        let mut cov = vec![0.0; n * DIM * DIM];
+        for i in 0..n {
+            for a in 0..DIM {
+                cov[i * DIM * DIM + a * DIM + a] = 0.01;
+            }
+        }
+        let gt = PointSets::new(n, NUM_JOINTS, gt).unwrap();
+        let pred = PointSets::new(n, NUM_JOINTS, pred).unwrap();
+        let cov = Covariance::new(n, cov, None).unwrap();
+        let c = calibration(&pred, &gt, &cov).unwrap();
+        let pa = &c.procrustes_aligned;
+        assert_eq!((pa.n_used, pa.n_not_pd, pa.n_degenerate), (2, 0, 1));
+        for v in [&c.unaligned, &c.root_relative] {
+            assert_eq!((v.n_used, v.n_not_pd, v.n_degenerate), (3, 0, 0));
+        }
+        assert!(pa.nll.is_finite());
+    }
 }

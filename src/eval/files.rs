@@ -7,9 +7,12 @@
 //! | `{dataset}-val_covariance.safetensors` | tensor `covariance` f32 [N, 63, 63] (handcov's side file): index `3·j + c`, joints in the order of the xyz list, m²; metadata `uncertainty` = the head's type name |
 //! | `evaluation_xyz.json`, `evaluation_verts.json` | ground truth: N × 21 × 3 and N × 778 × 3 |
 //!
-//! Readers take N from the file (never assume 3 960 / 11 524) and check every level's length,
-//! the JSON syntax and finiteness; any problem is one [`Error::Input`] (or [`Error::Io`]) line
-//! naming the file and the place ("sample 17: 20 joints, expected 21"). Points are kept as
+//! Readers take N from the file (never assume 3 960 / 11 524) and check that it is a regular
+//! file, every level's length, the JSON syntax, that every number is a finite float32 value and
+//! that no per-joint uncertainty is negative; any problem is one [`Error::Input`] (or
+//! [`Error::Io`]) line naming the file and the place ("sample 17: 20 joints, expected 21").
+//! Writers of the tools refuse an output path that is one of their inputs
+//! ([`check_not_an_input`]). Points are kept as
 //! [`PointSets`]: flat row-major f64, one `&[[f64; 3]]` slice per sample.
 //!
 //! Writers take flat f32 slices (the engine's outputs) plus N and write each value as Python's
@@ -28,6 +31,8 @@
 //! read_covariance(path)  -> Covariance              // n × 63 × 63, f64
 //! read_gt_xyz(path) / read_gt_verts(path) -> PointSets
 //! check_same_n(&[(path, n), ...]) -> n                // one clear error when the Ns differ
+//! check_regular_file(path)                           // not a directory, FIFO or device
+//! check_not_an_input("--out", out, &[("--pred", pred), ...])  // out would clobber an input
 //! Dataset::{FreiHand, Ho3d}: parse("freihand"|"ho3d"), name(), official_n(),
 //!     predictions_file(), uncertainty_file(), covariance_file()
 //! HO3D_ORDER, NUM_JOINTS = 21, NUM_VERTS = 778, DIM = 63
@@ -230,8 +235,43 @@ impl Covariance {
     }
 }
 
+/// Checks that `path` is a regular file (following symbolic links) before it is opened: a
+/// directory gives a clear message, and a FIFO or a device would block or never end.
+pub fn check_regular_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::Input(format!(
+            "{}: not a regular file",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    check_regular_file(path)?;
     std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// Refuses to write `output` when it is (resolves to) one of the `inputs` (a label for the
+/// message, such as `--pred` or `the ground truth`, and the path): writing would destroy that input. Paths are
+/// compared canonicalised (symbolic links and `..` resolved); an output that does not exist
+/// yet cannot be an existing input.
+pub fn check_not_an_input(flag: &str, output: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    let Ok(out) = std::fs::canonicalize(output) else {
+        return Ok(());
+    };
+    for &(label, input) in inputs {
+        if std::fs::canonicalize(input).is_ok_and(|c| c == out) {
+            return Err(Error::Input(format!(
+                "{flag} {} is the same file as {label} {}: writing there would destroy that \
+                 input; choose another output path",
+                output.display(),
+                input.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 const XYZ_LEVELS: [Level; 3] = [
@@ -273,6 +313,16 @@ pub fn read_uncertainty(path: &Path) -> Result<JointUncertainty> {
     let bytes = read_bytes(path)?;
     let mut parts = json::parse_parts(path, &bytes, &[("uncertainty_list", &UNC_LEVELS)])?;
     let (n, data) = parts.pop().unwrap_or_default();
+    if let Some(k) = data.iter().position(|v| *v < 0.0) {
+        return Err(Error::Input(format!(
+            "{}: uncertainty_list, sample {}, joint {} is negative ({}); a per-joint \
+             uncertainty is a variance (m²) and cannot be below 0",
+            path.display(),
+            k / NUM_JOINTS,
+            k % NUM_JOINTS,
+            data[k]
+        )));
+    }
     JointUncertainty::new(n, data)
 }
 
@@ -293,6 +343,7 @@ pub fn read_gt_verts(path: &Path) -> Result<PointSets> {
 /// Reads the covariance side file: tensor `covariance` [N, 63, 63] (any float dtype), finite.
 pub fn read_covariance(path: &Path) -> Result<Covariance> {
     let shown = path.display();
+    check_regular_file(path)?;
     let file = TensorFile::open(path).map_err(|e| match e {
         Error::Weights(m) => Error::Input(m),
         other => other,

@@ -6,9 +6,12 @@
 //!   files are large (FreiHAND: 3 960 × 778 × 3 floats per vertex file, ≈ 200 MB of text) and a
 //!   wrong shape or a `NaN` token (which Python's `json` writes and strict JSON forbids) must be
 //!   reported as "sample 17: 20 joints, expected 21" or "NaN at sample 3, vertex 12, coordinate 1"
-//!   with the file's name, not as a generic serde message. Numbers follow the JSON grammar and are
-//!   converted by `str::parse::<f64>` (correctly rounded), so a file written by Python reads back
-//!   as the exact same f64 values that Python's `json.load` gives. Large arrays are parsed in
+//!   with the file's name, not as a generic serde message. Numbers follow the JSON grammar (no
+//!   leading zeros, no `+`, no bare `.5`) and are converted by `str::parse::<f64>` (correctly
+//!   rounded), so a file written by Python reads back as the exact same f64 values that Python's
+//!   `json.load` gives. Every value must be a finite float32 number (|x| ≤ f32::MAX, what the
+//!   model writes): a larger one (1e160) is an error, as it would overflow the metrics' f64 sums
+//!   of squares into NaN / null. Large arrays are parsed in
 //!   parallel: the outermost array's elements are located by a bracket scan and parsed by rayon.
 //! * Python's `repr(float)` ([`python_float_repr`]) and the JSON form Python's `json.dumps` gives
 //!   a float ([`push_json_float`]), so that written files and `scores.txt` match Python's text.
@@ -133,6 +136,14 @@ impl<'a> Cursor<'a> {
         while i < b.len() && b[i].is_ascii_digit() {
             i += 1;
         }
+        if i - digits0 > 1 && b[digits0] == b'0' {
+            self.pos = start;
+            return Err(self.err(format!(
+                "malformed JSON: the number at {} has a leading zero (`{}`); JSON forbids them",
+                at(),
+                token(&b[start..])
+            )));
+        }
         let int_ok = i > digits0;
         let mut ok = int_ok;
         if ok && i < b.len() && b[i] == b'.' {
@@ -166,6 +177,15 @@ impl<'a> Cursor<'a> {
             return Err(self.err(format!(
                 "the number {text} at {} overflows to infinity; the values must be finite",
                 at()
+            )));
+        }
+        if v.abs() > f32::MAX as f64 {
+            self.pos = start;
+            return Err(self.err(format!(
+                "the number {text} at {} is beyond the float32 range (|x| ≤ {:e}); the values \
+                 must be finite float32 numbers",
+                at(),
+                f32::MAX
             )));
         }
         self.pos = i;

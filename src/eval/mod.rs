@@ -19,15 +19,3 @@ pub mod predict;
 pub mod special;
 pub mod stats;
 pub mod uncertainty;
-
-/// Sets the number of rayon worker threads (`--threads N`); `None` keeps rayon's default (all
-/// cores). Must run before any parallel work.
-pub fn set_threads(threads: Option<usize>) -> crate::Result<()> {
-    if let Some(n) = threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build_global()
-            .map_err(|e| crate::Error::Input(format!("--threads: {e}")))?;
-    }
-    Ok(())
-}

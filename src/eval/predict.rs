@@ -121,6 +121,7 @@ pub fn parse_eval_set(text: &str, origin: &str, root: &Path) -> Result<EvalSet> 
 /// Reads and parses an evaluation-set file; images resolve against `root`, or against the file's
 /// directory when `root` is `None`.
 pub fn load_eval_set(path: &Path, root: Option<&Path>) -> Result<EvalSet> {
+    files::check_regular_file(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let dir = match root {
         Some(r) => r.to_path_buf(),
@@ -129,15 +130,19 @@ pub fn load_eval_set(path: &Path, root: Option<&Path>) -> Result<EvalSet> {
     parse_eval_set(&text, &path.display().to_string(), &dir)
 }
 
-/// Checks, before any model work, that every image exists and has a readable JPEG/PNG header
-/// (a full decode happens when its batch is loaded). The first failure in sample order is
-/// reported, naming the sample and the file.
+/// Checks, before any model work, that every image exists, is a regular file and has a readable
+/// JPEG/PNG header (a full decode happens when its batch is loaded). The first failure in sample
+/// order is reported, naming the sample and the file.
 pub fn check_images(samples: &[EvalSample]) -> Result<()> {
     let bad = samples
         .par_iter()
         .enumerate()
         .filter_map(|(k, s)| {
             let what = |m: String| format!("sample {k}: {}: {m}", s.path.display());
+            // A FIFO or device would block the open or the read: only regular files.
+            if std::fs::metadata(&s.path).is_ok_and(|m| !m.is_file()) {
+                return Some((k, what("not a regular file".into())));
+            }
             let reader = match image::ImageReader::open(&s.path) {
                 Ok(r) => r,
                 Err(e) => return Some((k, what(e.to_string()))),

@@ -4,9 +4,12 @@
 
 /// `scipy.stats.pearsonr(x, y).statistic`: centred, then `Σ x̃ỹ / √(Σ x̃² · Σ ỹ²)`, clipped to
 /// [−1, 1]. NaN when either input is constant or shorter than 2 (SciPy warns and returns NaN).
+/// Constant means all values equal, tested as SciPy does (`(x == x[0]).all()`) before any
+/// arithmetic: the rounded mean of equal values need not equal them, which would leave a tiny
+/// non-zero spread and a meaningless number instead of NaN.
 pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
     let n = x.len().min(y.len());
-    if n < 2 {
+    if n < 2 || is_constant(&x[..n]) || is_constant(&y[..n]) {
         return f64::NAN;
     }
     let mx = x[..n].iter().sum::<f64>() / n as f64;
@@ -22,6 +25,11 @@ pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
         return f64::NAN;
     }
     (sxy / (sxx.sqrt() * syy.sqrt())).clamp(-1.0, 1.0)
+}
+
+/// Whether every value equals the first (true for an empty slice).
+pub fn is_constant(v: &[f64]) -> bool {
+    v.iter().all(|&a| a == v[0])
 }
 
 /// `numpy.percentile(v, q)` with the default `linear` method: the sorted values interpolated at
@@ -215,5 +223,24 @@ pub fn sparsification(errors: &[f64], uncert: &[f64]) -> Sparsification {
         curve,
         oracle,
         ambiguous_cuts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pearson_of_a_constant_is_nan_even_when_its_mean_rounds() {
+        // 0.1 summed ten times is 0.9999999999999999: the mean is not 0.1, and without the
+        // explicit test the spread would be a rounding residue instead of zero.
+        let x = vec![0.1; 10];
+        assert_ne!(x.iter().sum::<f64>() / 10.0, 0.1);
+        let y: Vec<f64> = (0..10).map(|i| i as f64).collect();
+        assert!(pearson(&x, &y).is_nan());
+        assert!(pearson(&y, &x).is_nan());
+        assert!(pearson(&[0.0; 5], &y[..5]).is_nan());
+        assert!((pearson(&y, &y) - 1.0).abs() < 1e-15);
+        assert!(is_constant(&[]) && is_constant(&[3.0, 3.0]) && !is_constant(&[3.0, 3.5]));
     }
 }

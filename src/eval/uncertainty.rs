@@ -15,13 +15,19 @@
 //! * Root-aligned errors: joint 0 subtracted from each set (the wrist's error is then 0: it still
 //!   takes part in AUSC/AUSE, as in the reference's formula). Procrustes-aligned: per sample,
 //!   `align_w_scale` on the 21 joints.
+//!
+//! At least [`MIN_SAMPLES`] = 3 samples are required (below that the 2 % cut is empty and AUSC /
+//! AUSE would be NaN). A score the reference itself leaves undefined — Pearson when the
+//! uncertainties (or the errors) of joints 1..20 are constant, SciPy's nan — is kept as NaN
+//! (`nan` in `scores.txt`, as the reference writes it), and the report says why in
+//! [`UncertaintyReport::warnings`], which the caller prints and `scores.json` lists.
 
 use crate::error::{Error, Result};
 use crate::eval::calibration::{calibration, Calibration, VariantCalibration, LEVELS};
 use crate::eval::files::{self, check_same_n, Dataset, JointUncertainty, PointSets, NUM_JOINTS};
 use crate::eval::json::python_float_repr;
 use crate::eval::pose::{point_errors, procrustes_errors, root_aligned_errors};
-use crate::eval::stats::{clip_to_percentiles, pearson, sparsification};
+use crate::eval::stats::{clip_to_percentiles, is_constant, pearson, sparsification};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -141,6 +147,9 @@ pub struct UncertaintyReport {
     pub calibration: Option<Calibration>,
     /// The covariance file's `uncertainty` metadata.
     pub uncertainty_type: Option<String>,
+    /// What makes a score undefined (NaN): the caller prints each as a `warning:` line;
+    /// `scores.json` lists them first among its notes.
+    pub warnings: Vec<String>,
     pub notes: Vec<String>,
 }
 
@@ -176,6 +185,15 @@ pub fn evaluate(
         counts.push((p, c.n()));
     }
     let n = check_same_n(&counts)?;
+    if n < MIN_SAMPLES {
+        return Err(Error::Input(format!(
+            "{}: {n} sample(s), but the uncertainty metrics need at least {MIN_SAMPLES}: with \
+             21·N = {} entries the first sparsification cut (2 %) keeps none, and AUSC / AUSE \
+             would be NaN",
+            inputs.predictions.display(),
+            NUM_JOINTS * n
+        )));
+    }
     let mut notes = Vec::new();
     if n != dataset.official_n() {
         notes.push(format!(
@@ -185,18 +203,19 @@ pub fn evaluate(
         ));
     }
     let u = uncertainty_joint_major(&unc);
-    if let Some(k) = u.iter().position(|v| *v < 0.0) {
-        notes.push(format!(
-            "uncertainty of sample {}, joint {} is negative ({})",
-            k % n,
-            k / n,
-            u[k]
-        ));
-    }
-    let variant = |how| scores(&joint_errors(&gt, &pred.xyz, how), &u, n);
-    let reference = variant(Alignment::None);
-    let root_aligned = variant(Alignment::Root);
-    let procrustes_aligned = variant(Alignment::Procrustes);
+    let errors = [Alignment::None, Alignment::Root, Alignment::Procrustes]
+        .map(|how| joint_errors(&gt, &pred.xyz, how));
+    let [reference, root_aligned, procrustes_aligned] =
+        [0, 1, 2].map(|v| scores(&errors[v], &u, n));
+    let mut warnings = undefined_scores(
+        &u,
+        n,
+        &[
+            ("unaligned (reference)", &errors[0], &reference),
+            ("root-aligned", &errors[1], &root_aligned),
+            ("Procrustes-aligned", &errors[2], &procrustes_aligned),
+        ],
+    );
     if reference.ambiguous_cuts > 0 {
         notes.push(format!(
             "{} sparsification cut(s) fall inside a group of tied uncertainties; ties are ordered \
@@ -206,7 +225,33 @@ pub fn evaluate(
         ));
     }
     let (calibration, uncertainty_type) = match &cov {
-        Some(c) => (Some(calibration(&pred.xyz, &gt, c)?), c.uncertainty.clone()),
+        Some(c) => {
+            let cal = calibration(&pred.xyz, &gt, c)?;
+            for (name, v) in [
+                ("unaligned", &cal.unaligned),
+                ("root-relative", &cal.root_relative),
+                ("Procrustes-aligned", &cal.procrustes_aligned),
+            ] {
+                if v.n_degenerate > 0 {
+                    notes.push(format!(
+                        "calibration, {name}: {} degenerate alignment(s) (column `c = 0`): \
+                         the Procrustes scale c is 0 (a prediction with all joints at one \
+                         point, e.g. all zeros), so the aligned covariance is 0; those samples \
+                         are left out, they are not counted as not PD",
+                        v.n_degenerate
+                    ));
+                }
+                if v.n_used == 0 {
+                    warnings.push(format!(
+                        "calibration, {name}: no sample is usable ({} not positive definite, {} \
+                         degenerate alignment(s)), so its NLL, Mahalanobis mean and coverages \
+                         are nan (null in scores.json)",
+                        v.n_not_pd, v.n_degenerate
+                    ));
+                }
+            }
+            (Some(cal), c.uncertainty.clone())
+        }
         None => {
             notes.push(format!(
                 "no covariance file {} beside the predictions: calibration omitted",
@@ -224,8 +269,65 @@ pub fn evaluate(
         procrustes_aligned,
         calibration,
         uncertainty_type,
+        warnings,
         notes,
     })
+}
+
+/// The files [`UncertaintyReport::write`] writes into its directory.
+pub const REPORT_FILES: [&str; 2] = ["scores.txt", "scores.json"];
+
+/// The fewest samples the uncertainty metrics accept: with N ≤ 2 the 2 % sparsification cut
+/// `int(21·N·0.02)` is 0 (an empty mean, NaN, as NumPy gives); from N = 3 every cut keeps at
+/// least one entry.
+pub const MIN_SAMPLES: usize = 3;
+
+/// Why scores of the variants are NaN (the reference's NumPy / SciPy give nan there too, and
+/// `scores.txt` keeps it): one message per cause, for a `warning:` line and the notes. `u` and
+/// each variant's errors are joint-major, `21·n` long. Pearson uses joints 1..20.
+fn undefined_scores(u: &[f64], n: usize, variants: &[(&str, &[f64], &Scores)]) -> Vec<String> {
+    const WHY: &str = "Pearson's correlation with a constant is undefined";
+    const AS_REFERENCE: &str = "(as NumPy / SciPy give; null in scores.json)";
+    let mut out = Vec::new();
+    let u_nw = &u[n..];
+    if is_constant(u_nw) {
+        out.push(format!(
+            "every uncertainty of joints 1-20 is {}: {WHY}, so the three Pearson scores of \
+             every variant are nan {AS_REFERENCE}",
+            u_nw[0]
+        ));
+    } else {
+        for (lo, hi) in [(1.0, 99.0), (5.0, 95.0)] {
+            if is_constant(&clip_to_percentiles(u_nw, lo, hi)) {
+                out.push(format!(
+                    "the uncertainties of joints 1-20 clipped to their [{lo}, {hi}] percentiles \
+                     are all equal: {WHY}, so Pearson Correlation_{lo}_{hi} of every variant is \
+                     nan {AS_REFERENCE}"
+                ));
+            }
+        }
+    }
+    for (name, e, _) in variants {
+        if is_constant(&e[n..]) {
+            out.push(format!(
+                "every {name} error of joints 1-20 is {}: {WHY}, so the three Pearson scores of \
+                 that variant are nan {AS_REFERENCE}",
+                e[n]
+            ));
+        }
+    }
+    // Anything else (not expected with finite inputs and N ≥ MIN_SAMPLES) is still said.
+    if out.is_empty() {
+        for (name, _, s) in variants {
+            let all = [s.pearson, s.pearson_1_99, s.pearson_5_95, s.ausc, s.ause];
+            if all.iter().any(|v| v.is_nan()) {
+                out.push(format!(
+                    "the {name} scores (Pearson, _1_99, _5_95, AUSC, AUSE) hold a nan: {all:?}"
+                ));
+            }
+        }
+    }
+    out
 }
 
 fn scores_json(s: &Scores, what: &str) -> Value {
@@ -246,6 +348,7 @@ fn variant_json(v: &VariantCalibration, what: &str) -> Value {
         "k": v.k,
         "n_used": v.n_used,
         "n_not_positive_definite": v.n_not_pd,
+        "n_degenerate_alignment": v.n_degenerate,
         "nll_mean": v.nll,
         "mahalanobis_sq_mean": v.mean_mahalanobis_sq,
         "coverage_50": v.coverage[0],
@@ -294,7 +397,7 @@ impl UncertaintyReport {
             "root_aligned": scores_json(&self.root_aligned, "root-aligned: joint 0 subtracted from gt and pred"),
             "procrustes_aligned": scores_json(&self.procrustes_aligned, "Procrustes-aligned: align_w_scale(gt, pred) on the 21 joints"),
             "calibration": calib,
-            "notes": self.notes,
+            "notes": self.warnings.iter().chain(&self.notes).collect::<Vec<_>>(),
         })
     }
 
@@ -317,7 +420,7 @@ impl UncertaintyReport {
         }
         if let Some(c) = &self.calibration {
             t.push_str(&format!(
-                "\ncalibration of the covariances ({}):\n{:<22} {:>3} {:>12} {:>7} {:>7} {:>7} {:>7}\n",
+                "\ncalibration of the covariances ({}):\n{:<22} {:>3} {:>12} {:>7} {:>7} {:>7} {:>7} {:>7}\n",
                 self.uncertainty_type.as_deref().unwrap_or("type not recorded"),
                 "residual",
                 "k",
@@ -325,7 +428,8 @@ impl UncertaintyReport {
                 "cov50",
                 "cov90",
                 "cov95",
-                "not PD"
+                "not PD",
+                "c = 0"
             ));
             for (name, v) in [
                 ("unaligned", &c.unaligned),
@@ -333,8 +437,14 @@ impl UncertaintyReport {
                 ("Procrustes-aligned", &c.procrustes_aligned),
             ] {
                 t.push_str(&format!(
-                    "{name:<22} {:>3} {:>12.3} {:>7.3} {:>7.3} {:>7.3} {:>7}\n",
-                    v.k, v.nll, v.coverage[0], v.coverage[1], v.coverage[2], v.n_not_pd
+                    "{name:<22} {:>3} {:>12.3} {:>7.3} {:>7.3} {:>7.3} {:>7} {:>7}\n",
+                    v.k,
+                    v.nll,
+                    v.coverage[0],
+                    v.coverage[1],
+                    v.coverage[2],
+                    v.n_not_pd,
+                    v.n_degenerate
                 ));
             }
         }
@@ -344,11 +454,12 @@ impl UncertaintyReport {
         t
     }
 
-    /// Writes `dir/scores.txt` and `dir/scores.json` (creating `dir`); returns their paths.
+    /// Writes `dir/scores.txt` and `dir/scores.json` ([`REPORT_FILES`], creating `dir`); returns
+    /// their paths.
     pub fn write(&self, dir: &Path) -> Result<(PathBuf, PathBuf)> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let txt = dir.join("scores.txt");
-        let js = dir.join("scores.json");
+        let txt = dir.join(REPORT_FILES[0]);
+        let js = dir.join(REPORT_FILES[1]);
         crate::model::weights::write_atomic(&txt, self.scores_txt().as_bytes())?;
         let text = serde_json::to_string_pretty(&self.scores_json())
             .map_err(|e| Error::Input(format!("cannot serialise scores.json: {e}")))?;

@@ -1,7 +1,9 @@
 //! `eval pose`: the FreiHAND pose metrics of a predictions file (SPEC §9.4).
 
+use crate::required;
+use handcov::cli;
 use handcov::error::{Error, Result};
-use handcov::eval::files::Dataset;
+use handcov::eval::files::{check_not_an_input, Dataset};
 use handcov::model::weights::write_atomic;
 use std::path::PathBuf;
 
@@ -18,8 +20,8 @@ OPTIONS:
   --gt-dir DIR      holds evaluation_xyz.json (N×21×3) and evaluation_verts.json (N×778×3)
   --out FILE        the metrics as JSON (default: pose_metrics.json beside --pred); keys
                     pa_mpjpe_mm, pa_mpvpe_mm, auc_j, auc_v, f5, f15, mpjpe_mm, root_mpjpe_mm, n,
-                    dataset
-  --threads N       worker threads (default: all cores)
+                    dataset; never one of the input files
+  --threads N       worker threads, 1 to 1024 (default: all cores)
   -h, --help        this text
 
 Joints and vertices are Procrustes-aligned independently per sample (align_w_scale); AUC and
@@ -28,38 +30,37 @@ OpenGL camera frame while predictions are in the MANO frame: Procrustes absorbs 
 unaligned and root-aligned MPJPE are then frame-dependent.
 ";
 
-fn arg_err(e: pico_args::Error) -> Error {
-    Error::Input(format!("{e} (see eval pose --help)"))
-}
+const SEE: &str = "eval pose --help";
 
 pub fn run(mut p: pico_args::Arguments) -> Result<()> {
     if p.contains(["-h", "--help"]) {
         print!("{HELP}");
         return Ok(());
     }
-    let dataset: String = p.value_from_str("--dataset").map_err(arg_err)?;
-    let pred: PathBuf = p.value_from_str("--pred").map_err(arg_err)?;
-    let gt_dir: PathBuf = p.value_from_str("--gt-dir").map_err(arg_err)?;
-    let out: Option<PathBuf> = p.opt_value_from_str("--out").map_err(arg_err)?;
-    let threads: Option<usize> = p
-        .opt_value_from_fn("--threads", |v| {
-            v.parse::<usize>()
-                .map_err(|e| format!("--threads {v:?}: {e}"))
-        })
-        .map_err(arg_err)?;
-    let rest = p.finish();
-    if let Some(first) = rest.first() {
-        return Err(Error::Input(format!(
-            "unexpected argument {first:?} (see eval pose --help)"
-        )));
-    }
+    let dataset: String = required(&mut p, "--dataset", SEE)?;
+    let pred: PathBuf = required(&mut p, "--pred", SEE)?;
+    let gt_dir: PathBuf = required(&mut p, "--gt-dir", SEE)?;
+    let out: Option<PathBuf> = cli::opt(&mut p, "--out", SEE)?;
+    let threads = cli::threads(&mut p, SEE)?;
+    cli::finish(p, HELP, SEE)?;
     let dataset = Dataset::parse(&dataset)?;
-    handcov::eval::set_threads(threads)?;
+    cli::set_threads(threads)?;
     let out = out.unwrap_or_else(|| {
         pred.parent()
             .map(|d| d.join("pose_metrics.json"))
             .unwrap_or_else(|| PathBuf::from("pose_metrics.json"))
     });
+    let gt_xyz = gt_dir.join("evaluation_xyz.json");
+    let gt_verts = gt_dir.join("evaluation_verts.json");
+    check_not_an_input(
+        "--out",
+        &out,
+        &[
+            ("--pred", &pred),
+            ("the ground truth", &gt_xyz),
+            ("the ground truth", &gt_verts),
+        ],
+    )?;
     let m = handcov::eval::pose::evaluate(&pred, &gt_dir)?;
     let text = serde_json::to_string_pretty(&m.to_json(dataset.name()))
         .map_err(|e| Error::Input(format!("cannot serialise the metrics: {e}")))?;

@@ -1,13 +1,17 @@
 //! `eval predict`: run a model over an evaluation set and write the reference's result files.
 //! See `eval predict --help` and eval/README.md.
 
+use crate::required;
+use handcov::cli;
 use handcov::engine::{DeviceChoice, Engine, Precision};
 use handcov::error::{Error, Result};
-use handcov::eval::files::Dataset;
-use handcov::eval::predict::{check_images, load_eval_set, predict, write_outputs, OutputPaths};
+use handcov::eval::files::{check_not_an_input, check_regular_file, Dataset};
+use handcov::eval::predict::{
+    check_images, load_eval_set, predict, write_outputs, EvalSample, OutputPaths,
+};
 use handcov::infer::{load_model, ModelSpec};
-use handcov::model::config::Uncertainty;
-use std::path::PathBuf;
+use handcov::model::config::{ModelConfig, Uncertainty};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const HELP: &str = "\
@@ -48,14 +52,16 @@ OPTIONS:
   --allow-extra           accept tensors in the weights that the model does not use
   --device cpu|cuda|auto  default auto: the GPU when one is usable, else the CPU
   --precision fp32|bf16   GPU numerics (default fp32, the reference's evaluation precision)
-  --batch N               images per forward pass (default 16, as the reference)
-  --threads N             CPU threads (default: all cores)
-  --limit K               evaluate only the first K samples (smoke tests; the metrics expect
-                          the whole set)
+  --batch N               images per forward pass, 1 to 1024 (default 16, as the reference)
+  --threads N             CPU threads, 1 to 1024 (default: all cores)
+  --limit K               evaluate only the first K samples, at most the set's size (smoke
+                          tests; the metrics expect the whole set)
   -h, --help              this text
 
 Every missing or unreadable image, malformed evaluation set or bad flag is one `error: ...`
-line and exit code 2; no sample is ever skipped.
+line and exit code 2; no sample is ever skipped. The output directory is created and checked
+before any work: one that cannot be written, or an output file that is one of the inputs,
+stops the run at once.
 ";
 
 struct Args {
@@ -72,61 +78,43 @@ struct Args {
     limit: Option<usize>,
 }
 
-fn required<T: std::str::FromStr>(p: &mut pico_args::Arguments, flag: &'static str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    opt(p, flag)?.ok_or_else(|| Error::Input(format!("missing {flag} (see --help)")))
-}
+const SEE: &str = "eval predict --help";
 
-fn opt<T: std::str::FromStr>(p: &mut pico_args::Arguments, flag: &'static str) -> Result<Option<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    p.opt_value_from_fn(flag, |v| v.parse::<T>().map_err(|e| format!("{e}")))
-        .map_err(|e| Error::Input(format!("{flag}: {e} (see --help)")))
-}
+/// The most images per forward pass `--batch` accepts (the reference uses 16; one image is
+/// 0.6 MB of input alone, and every layer's activations grow with the batch).
+const MAX_BATCH: usize = 1024;
 
 fn parse_args(mut p: pico_args::Arguments) -> Result<Option<Args>> {
     if p.contains(["-h", "--help"]) {
         print!("{HELP}");
         return Ok(None);
     }
-    let dataset: String = required(&mut p, "--dataset")?;
+    let dataset: String = required(&mut p, "--dataset", SEE)?;
     let args = Args {
         dataset: Dataset::parse(&dataset)?,
-        samples: required(&mut p, "--samples")?,
-        data: opt(&mut p, "--data")?,
-        exp: required(&mut p, "--exp")?,
-        out: opt(&mut p, "--out")?.unwrap_or_else(|| PathBuf::from("results")),
+        samples: required(&mut p, "--samples", SEE)?,
+        data: cli::opt(&mut p, "--data", SEE)?,
+        exp: required(&mut p, "--exp", SEE)?,
+        out: cli::opt(&mut p, "--out", SEE)?.unwrap_or_else(|| PathBuf::from("results")),
         model: ModelSpec {
-            config: opt(&mut p, "--config")?.unwrap_or_else(|| "hamer".to_string()),
-            uncertainty: opt(&mut p, "--uncertainty")?,
-            weights: required(&mut p, "--weights")?,
-            mano: opt(&mut p, "--mano")?,
+            config: cli::opt(&mut p, "--config", SEE)?.unwrap_or_else(|| "hamer".to_string()),
+            uncertainty: cli::opt(&mut p, "--uncertainty", SEE)?,
+            weights: required(&mut p, "--weights", SEE)?,
+            mano: cli::opt(&mut p, "--mano", SEE)?,
             allow_extra: p.contains("--allow-extra"),
         },
         device: DeviceChoice::parse(
-            &opt::<String>(&mut p, "--device")?.unwrap_or_else(|| "auto".into()),
+            &cli::opt::<String>(&mut p, "--device", SEE)?.unwrap_or_else(|| "auto".into()),
         )?,
         precision: Precision::parse(
-            &opt::<String>(&mut p, "--precision")?.unwrap_or_else(|| "fp32".into()),
+            &cli::opt::<String>(&mut p, "--precision", SEE)?.unwrap_or_else(|| "fp32".into()),
         )?,
-        batch: opt(&mut p, "--batch")?.unwrap_or(16),
-        threads: opt(&mut p, "--threads")?,
-        limit: opt(&mut p, "--limit")?,
+        batch: cli::count(&mut p, "--batch", 1, MAX_BATCH, SEE)?.unwrap_or(16),
+        threads: cli::threads(&mut p, SEE)?,
+        // Bounded by the set's size once it is read.
+        limit: cli::opt(&mut p, "--limit", SEE)?,
     };
-    if let Some(first) = p.finish().first() {
-        return Err(Error::Input(format!(
-            "unexpected argument {first:?} (see --help)"
-        )));
-    }
-    if args.batch == 0 {
-        return Err(Error::Input("--batch must be at least 1".into()));
-    }
-    if args.limit == Some(0) {
-        return Err(Error::Input("--limit must be at least 1".into()));
-    }
+    cli::finish(p, HELP, SEE)?;
     if args.exp.is_empty() || args.exp == "." || args.exp == ".." || args.exp.contains(['/', '\\'])
     {
         return Err(Error::Input(format!(
@@ -140,6 +128,73 @@ fn parse_args(mut p: pico_args::Arguments) -> Result<Option<Args>> {
     Ok(Some(args))
 }
 
+/// The model's files (weights, MANO, a config file rather than a preset) are regular files.
+fn check_model_files(m: &ModelSpec) -> Result<()> {
+    check_regular_file(&m.weights)?;
+    if let Some(mano) = &m.mano {
+        check_regular_file(mano)?;
+    }
+    if ModelConfig::preset(&m.config).is_none() {
+        check_regular_file(Path::new(&m.config))?;
+    }
+    Ok(())
+}
+
+/// Before any work: the output directory can be created and written, no output file is a
+/// directory, and none is one of the inputs (writing it would destroy that input).
+fn check_outputs(
+    args: &Args,
+    dir: &Path,
+    paths: &OutputPaths,
+    samples: &[EvalSample],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::Input(format!(
+            "--out {}: cannot create the output directory {} ({e})",
+            args.out.display(),
+            dir.display()
+        ))
+    })?;
+    let probe = dir.join(format!(".eval-predict-probe{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| {
+            Error::Input(format!(
+                "--out {}: cannot write into {} ({e})",
+                args.out.display(),
+                dir.display()
+            ))
+        })?;
+    let _ = std::fs::remove_file(&probe);
+    let mut inputs: Vec<(&str, &Path)> = vec![
+        ("--samples", &args.samples),
+        ("--weights", &args.model.weights),
+    ];
+    if let Some(m) = &args.model.mano {
+        inputs.push(("--mano", m));
+    }
+    if ModelConfig::preset(&args.model.config).is_none() {
+        inputs.push(("--config", Path::new(&args.model.config)));
+    }
+    inputs.extend(
+        samples
+            .iter()
+            .map(|s| ("an evaluation image", s.path.as_path())),
+    );
+    for out in [&paths.predictions, &paths.uncertainty, &paths.covariance] {
+        if out.is_dir() {
+            return Err(Error::Input(format!(
+                "{}: the output file is a directory",
+                out.display()
+            )));
+        }
+        check_not_an_input("--out", out, &inputs)?;
+    }
+    Ok(())
+}
+
 fn rate(done: usize, elapsed: Duration) -> f64 {
     done as f64 / elapsed.as_secs_f64().max(1e-9)
 }
@@ -148,12 +203,9 @@ pub fn run(p: pico_args::Arguments) -> Result<()> {
     let Some(args) = parse_args(p)? else {
         return Ok(());
     };
-    if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build_global()
-            .map_err(|e| Error::Input(format!("--threads: {e}")))?;
-    }
+    cli::set_threads(args.threads)?;
+    check_regular_file(&args.samples)?;
+    check_model_files(&args.model)?;
     let set = load_eval_set(&args.samples, args.data.as_deref())?;
     if let Some(d) = &set.dataset {
         if d != args.dataset.name() {
@@ -166,16 +218,24 @@ pub fn run(p: pico_args::Arguments) -> Result<()> {
     }
     let mut samples = set.samples;
     if let Some(k) = args.limit {
+        if !(1..=samples.len()).contains(&k) {
+            return Err(Error::Input(format!(
+                "--limit {k}: expected 1 to {}, the number of samples in {}",
+                samples.len(),
+                args.samples.display()
+            )));
+        }
         samples.truncate(k);
     }
-    // Every image is checked before the model is loaded: a missing file fails in seconds, not
-    // after hours of work.
+    // Every image and the output location are checked before the model is loaded: a missing
+    // file or an unwritable --out fails in seconds, not after hours of work.
     check_images(&samples)?;
+    let dir = args.out.join(&args.exp);
+    let paths = OutputPaths::new(&dir, args.dataset);
+    check_outputs(&args, &dir, &paths, &samples)?;
     let model = load_model(&args.model)?;
     let uncertainty = model.config.uncertainty;
     let mut engine = Engine::new(model, args.device, args.precision, false)?;
-    let dir = args.out.join(&args.exp);
-    let paths = OutputPaths::new(&dir, args.dataset);
     eprintln!(
         "eval predict: {} samples of {} ({}), model `{}` on {}, batch {}",
         samples.len(),
