@@ -23,6 +23,18 @@ where
         .map_err(|e| Error::Input(format!("{flag}: {} (see {help})", flag_message(e))))
 }
 
+/// A required `--flag VALUE`: the value, or an error naming the flag.
+pub fn required<T: std::str::FromStr>(
+    p: &mut pico_args::Arguments,
+    flag: &'static str,
+    help: &str,
+) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    opt(p, flag, help)?.ok_or_else(|| Error::Input(format!("missing {flag} (see {help})")))
+}
+
 /// An optional count `--flag N` that must lie in `lo..=hi`.
 pub fn count(
     p: &mut pico_args::Arguments,

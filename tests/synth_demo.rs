@@ -150,7 +150,8 @@ fn the_demo_command_writes_everything() {
             vec!["--synth-train", "99999999999"],
             "--synth-train 99999999999: expected 1 to",
         ),
-        (vec!["--synth-test", "0"], "--synth-test 0: expected 1 to"),
+        (vec!["--synth-test", "0"], "--synth-test 0: expected 3 to"),
+        (vec!["--synth-test", "2"], "--synth-test 2: expected 3 to"),
         (vec!["--pictures", "-1"], "--pictures"),
         (
             vec!["--synth-train", "4", "--batch-size", "8"],

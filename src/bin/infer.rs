@@ -74,7 +74,7 @@ const MAX_REPEAT: usize = 100_000;
 const MAX_BATCH: usize = 4096;
 
 fn parse_args() -> Result<Option<Args>> {
-    use handcov::cli::{count, finish, opt, threads};
+    use handcov::cli::{count, finish, opt, required, threads};
     let mut p = pico_args::Arguments::from_env();
     if p.contains(["-h", "--help"]) {
         print!("{HELP}");
@@ -84,9 +84,7 @@ fn parse_args() -> Result<Option<Args>> {
     let args = Args {
         config: opt(&mut p, "--config", h)?.unwrap_or_else(|| "hamer".to_string()),
         uncertainty: opt(&mut p, "--uncertainty", h)?,
-        weights: opt(&mut p, "--weights", h)?.ok_or_else(|| {
-            Error::Input("--weights W.safetensors is required (see --help)".into())
-        })?,
+        weights: required(&mut p, "--weights", h)?,
         mano: opt(&mut p, "--mano", h)?,
         device: opt(&mut p, "--device", h)?.unwrap_or_else(|| "auto".to_string()),
         precision: opt(&mut p, "--precision", h)?.unwrap_or_else(|| "fp32".to_string()),

@@ -570,8 +570,14 @@ fn demo() -> Result<()> {
     };
     o.synth.n_train =
         count(&mut p, "--synth-train", 1, MAX_SYNTH_TRAIN, SEE)?.unwrap_or(d.synth.n_train);
-    o.synth.n_test =
-        count(&mut p, "--synth-test", 1, MAX_SYNTH_TEST, SEE)?.unwrap_or(d.synth.n_test);
+    o.synth.n_test = count(
+        &mut p,
+        "--synth-test",
+        handcov::eval::uncertainty::MIN_SAMPLES,
+        MAX_SYNTH_TEST,
+        SEE,
+    )?
+    .unwrap_or(d.synth.n_test);
     handcov::cli::finish(p, HELP, SEE)?;
     if o.synth.n_train < o.batch_size {
         return Err(Error::Input(format!(

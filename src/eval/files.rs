@@ -344,10 +344,7 @@ pub fn read_gt_verts(path: &Path) -> Result<PointSets> {
 pub fn read_covariance(path: &Path) -> Result<Covariance> {
     let shown = path.display();
     check_regular_file(path)?;
-    let file = TensorFile::open(path).map_err(|e| match e {
-        Error::Weights(m) => Error::Input(m),
-        other => other,
-    })?;
+    let file = TensorFile::open(path).map_err(Error::as_input)?;
     let shape = file.shape("covariance").ok_or_else(|| {
         Error::Input(format!(
             "{shown}: no tensor `covariance` (expected f32 [N, 63, 63])"
@@ -359,10 +356,7 @@ pub fn read_covariance(path: &Path) -> Result<Covariance> {
         )));
     }
     let n = shape[0];
-    let t = file.f32("covariance", None).map_err(|e| match e {
-        Error::Weights(m) => Error::Input(m),
-        other => other,
-    })?;
+    let t = file.f32("covariance", None).map_err(Error::as_input)?;
     let data: Vec<f64> = t.data().iter().map(|&v| v as f64).collect();
     if let Some(k) = data.iter().position(|v| !v.is_finite()) {
         return Err(Error::Input(format!(

@@ -7,20 +7,6 @@ mod uncertainty;
 
 use handcov::error::{Error, Result};
 
-/// A required `--flag VALUE` (handcov::cli has only optional ones): the value, or an error
-/// naming the flag.
-fn required<T: std::str::FromStr>(
-    p: &mut pico_args::Arguments,
-    flag: &'static str,
-    help: &str,
-) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    handcov::cli::opt(p, flag, help)?
-        .ok_or_else(|| Error::Input(format!("missing {flag} (see {help})")))
-}
-
 const HELP: &str = "\
 eval: evaluation of 3D hand pose and per-joint uncertainty (SPEC §9)
 

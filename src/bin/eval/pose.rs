@@ -1,7 +1,7 @@
 //! `eval pose`: the FreiHAND pose metrics of a predictions file (SPEC §9.4).
 
-use crate::required;
 use handcov::cli;
+use handcov::cli::required;
 use handcov::error::{Error, Result};
 use handcov::eval::files::{check_not_an_input, Dataset};
 use handcov::model::weights::write_atomic;

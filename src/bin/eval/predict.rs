@@ -1,8 +1,8 @@
 //! `eval predict`: run a model over an evaluation set and write the reference's result files.
 //! See `eval predict --help` and eval/README.md.
 
-use crate::required;
 use handcov::cli;
+use handcov::cli::required;
 use handcov::engine::{DeviceChoice, Engine, Precision};
 use handcov::error::{Error, Result};
 use handcov::eval::files::{check_not_an_input, check_regular_file, Dataset};

@@ -1,8 +1,8 @@
 //! `eval uncertainty`: the reference's per-joint uncertainty scores (SPEC §9.3) plus aligned
 //! variants and calibration (SPEC §15b.3).
 
-use crate::required;
 use handcov::cli;
+use handcov::cli::required;
 use handcov::error::{Error, Result};
 use handcov::eval::files::{check_not_an_input, Dataset};
 use handcov::eval::uncertainty::{evaluate, UncertaintyInputs, REPORT_FILES};
