@@ -290,6 +290,24 @@ impl Setup {
         ])
     }
 
+    /// Image mode on one image (or folder) into `out`, with an optional boxes file.
+    fn run_images(&self, img: &Path, boxes: Option<&Path>, out: &Path) -> (i32, String, String) {
+        let mut a = vec![
+            "--config",
+            s(&self.cfg),
+            "--weights",
+            s(&self.weights),
+            "--images",
+            s(img),
+            "--out",
+            s(out),
+        ];
+        if let Some(b) = boxes {
+            a.extend(["--boxes", s(b)]);
+        }
+        infer(&a)
+    }
+
     /// The weights with one change applied, written to a new file.
     fn weights_edited(&self, name: &str, edit: impl FnOnce(&mut Vec<RawTensor>)) -> PathBuf {
         let mut all = read_all(&self.weights);
@@ -487,22 +505,7 @@ fn unknown_config_field() {
 fn image_errors() {
     let st = setup("err_images");
     let out = st.dir.join("out");
-    let run = |img: &Path, boxes: Option<&Path>| {
-        let mut a = vec![
-            "--config",
-            s(&st.cfg),
-            "--weights",
-            s(&st.weights),
-            "--images",
-            s(img),
-            "--out",
-            s(&out),
-        ];
-        if let Some(b) = boxes {
-            a.extend(["--boxes", s(b)]);
-        }
-        infer(&a)
-    };
+    let run = |img: &Path, boxes: Option<&Path>| st.run_images(img, boxes, &out);
     assert_clean_error(run(&st.dir.join("missing.jpg"), None), &["missing.jpg"]);
     let fake = st.dir.join("fake.jpg");
     std::fs::write(&fake, "this is not a jpeg").unwrap();
@@ -804,22 +807,7 @@ fn outputs_never_overwrite_inputs_or_each_other() {
 fn images_and_boxes_beyond_what_can_be_read_faithfully() {
     let st = setup("err_image_limits");
     let out = st.dir.join("out");
-    let run = |img: &Path, boxes: Option<&Path>| {
-        let mut a = vec![
-            "--config",
-            s(&st.cfg),
-            "--weights",
-            s(&st.weights),
-            "--images",
-            s(img),
-            "--out",
-            s(&out),
-        ];
-        if let Some(b) = boxes {
-            a.extend(["--boxes", s(b)]);
-        }
-        infer(&a)
-    };
+    let run = |img: &Path, boxes: Option<&Path>| st.run_images(img, boxes, &out);
     // A JPEG whose frame header claims 60000 × 60000 pixels: refused before allocating.
     let src = image::open(fixture("crop_src.png")).unwrap().to_rgb8();
     let mut jpg = std::io::Cursor::new(Vec::new());

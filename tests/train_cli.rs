@@ -690,16 +690,7 @@ fn rewrite_checkpoint(
     meta(&mut m);
     let mut t = read_all(src);
     tensors(&mut t);
-    let views: Vec<(String, safetensors::tensor::TensorView)> = t
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
-            )
-        })
-        .collect();
-    std::fs::write(dst, safetensors::serialize(views, Some(m)).unwrap()).unwrap();
+    write_all_with_metadata(dst, &t, Some(m));
 }
 
 #[test]

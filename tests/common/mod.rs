@@ -100,6 +100,15 @@ pub fn read_all(path: &Path) -> Vec<RawTensor> {
 }
 
 pub fn write_all(path: &Path, tensors: &[RawTensor]) {
+    write_all_with_metadata(path, tensors, None)
+}
+
+/// [`write_all`] with the file's `__metadata__` map.
+pub fn write_all_with_metadata(
+    path: &Path,
+    tensors: &[RawTensor],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) {
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|t| {
@@ -109,7 +118,7 @@ pub fn write_all(path: &Path, tensors: &[RawTensor]) {
             )
         })
         .collect();
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+    std::fs::write(path, safetensors::serialize(views, metadata).unwrap()).unwrap();
 }
 
 pub fn f32_tensor(name: &str, shape: &[usize], values: &[f32]) -> RawTensor {
