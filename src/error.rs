@@ -43,6 +43,15 @@ impl Error {
         }
     }
 
+    /// The message as the one line the tools print: line breaks (from a file name, or a
+    /// library's message) are escaped, so that `error: …` stays a single line.
+    pub fn one_line(&self) -> String {
+        self.to_string()
+            .trim_end()
+            .replace('\r', "\\r")
+            .replace('\n', "\\n")
+    }
+
     /// The same error with `hint` appended to its message (what the user can do about it).
     pub fn with_hint(self, hint: &str) -> Self {
         match self {
@@ -74,6 +83,15 @@ impl std::error::Error for Error {
             _ => None,
         }
     }
+}
+
+/// Another library's message on one line, its whitespace runs (line breaks included) made
+/// single spaces: decoder errors can end with a line break.
+pub fn flatten(e: &dyn fmt::Display) -> String {
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Shorthand for `Err(Error::Input(format!(...)))`.

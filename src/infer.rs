@@ -121,11 +121,15 @@ impl BoxEntry {
 /// The boxes file: `{"image name or path": hand | [hand, ...]}`. Every field is read on its
 /// own, so an error names the image, the hand and the field.
 pub fn parse_boxes(text: &str, origin: &str) -> Result<BTreeMap<String, Vec<CropBox>>> {
-    let raw: BTreeMap<String, Value> = serde_json::from_str(text).map_err(|e| {
+    let malformed = |e: &dyn std::fmt::Display| {
         Error::Input(format!(
             "{origin}: malformed boxes file ({e}); expected {{\"image.jpg\": {{\"center\": [x, y], \"scale\": s, \"is_right\": true}} or {{\"bbox\": [x0, y0, x1, y1]}}, ...}}"
         ))
-    })?;
+    };
+    let StrictValue(root) = serde_json::from_str(text).map_err(|e| malformed(&e))?;
+    let Value::Object(raw) = root else {
+        return Err(malformed(&"the top level is not an object"));
+    };
     let mut out = BTreeMap::new();
     for (name, hands) in raw {
         let list = match hands {
@@ -144,6 +148,71 @@ pub fn parse_boxes(text: &str, origin: &str) -> Result<BTreeMap<String, Vec<Crop
         out.insert(name, boxes);
     }
     Ok(out)
+}
+
+/// A JSON value like serde_json's `Value`, except that an object naming a key twice is an
+/// error (`Value` silently keeps the last, so `{"center": [1, 2], "center": [9, 9]}` would
+/// crop somewhere the user did not mean).
+struct StrictValue(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = StrictValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<StrictValue, E> {
+        Ok(StrictValue(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<StrictValue, E> {
+        Ok(StrictValue(Value::from(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<StrictValue, E> {
+        Ok(StrictValue(Value::from(v)))
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<StrictValue, E> {
+        Ok(StrictValue(Value::from(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<StrictValue, E> {
+        Ok(StrictValue(Value::from(v)))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<StrictValue, E> {
+        Ok(StrictValue(Value::Null))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut a: A,
+    ) -> std::result::Result<StrictValue, A::Error> {
+        let mut v = Vec::new();
+        while let Some(StrictValue(x)) = a.next_element()? {
+            v.push(x);
+        }
+        Ok(StrictValue(Value::Array(v)))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut a: A,
+    ) -> std::result::Result<StrictValue, A::Error> {
+        let mut m = serde_json::Map::new();
+        while let Some(k) = a.next_key::<String>()? {
+            if m.contains_key(&k) {
+                return Err(serde::de::Error::custom(format!(
+                    "\"{k}\" appears twice in one object"
+                )));
+            }
+            let StrictValue(v) = a.next_value()?;
+            m.insert(k, v);
+        }
+        Ok(StrictValue(Value::Object(m)))
+    }
 }
 
 /// One hand of the boxes file, field by field.
@@ -545,6 +614,15 @@ mod tests {
                 r#"{"a.jpg": {"center": [1, 2], "scale": 1e300}}"#,
                 "must be between 1 and",
             ),
+            (
+                r#"{"a.jpg": {"center": [1, 2], "center": [9, 9], "scale": 1}}"#,
+                "\"center\" appears twice",
+            ),
+            (
+                r#"{"a.jpg": {"bbox": [1, 2, 3, 4]}, "a.jpg": {"bbox": [1, 2, 3, 4]}}"#,
+                "\"a.jpg\" appears twice",
+            ),
+            (r#"[{"bbox": [1, 2, 3, 4]}]"#, "top level is not an object"),
         ] {
             let e = parse_boxes(bad, "boxes.json").unwrap_err().to_string();
             assert!(e.contains(want), "{bad}: {e}");

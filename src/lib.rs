@@ -13,6 +13,7 @@ pub mod model;
 pub mod ops;
 pub mod synth;
 pub mod tensor;
+pub mod textfile;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -581,7 +581,7 @@ fn bad_flags() {
             "--dump",
             "y",
         ]),
-        &["nonexistent_preset"],
+        &["\"nonexistent_preset\" is neither a preset (hamer, tiny)"],
     );
 }
 
@@ -839,4 +839,51 @@ fn images_and_boxes_beyond_what_can_be_read_faithfully() {
         &["`scale` is \"big\""],
     );
     assert!(!out.join("crop_src.json").exists());
+}
+
+#[test]
+fn text_inputs_that_are_not_regular_files_or_name_a_key_twice() {
+    let st = setup("err_text_inputs");
+    let out = st.dir.join("out");
+    let img = fixture("crop_src.png");
+    // /dev/zero as the boxes file or the config grew memory without end.
+    let run = infer(&[
+        "--config",
+        s(&st.cfg),
+        "--weights",
+        s(&st.weights),
+        "--images",
+        s(&img),
+        "--out",
+        s(&out),
+        "--boxes",
+        "/dev/zero",
+    ]);
+    assert_clean_error(run, &["/dev/zero", "not a regular file"]);
+    let dump = st.dir.join("d.safetensors");
+    let run = infer(&[
+        "--config",
+        "/dev/zero",
+        "--weights",
+        s(&st.weights),
+        "--input-tensor",
+        s(&st.input),
+        "--dump",
+        s(&dump),
+    ]);
+    assert_clean_error(run, &["/dev/zero", "not a regular file"]);
+    // A field given twice was silently the last one.
+    let boxes = st.dir.join("boxes.json");
+    std::fs::write(
+        &boxes,
+        r#"{"crop_src.png": {"center": [60, 60], "scale": 0.5, "center": [1, 1]}}"#,
+    )
+    .unwrap();
+    assert_clean_error(
+        st.run_images(&img, Some(&boxes), &out),
+        &["\"center\" appears twice"],
+    );
+    // A line break in a file name stays inside the one error line.
+    let odd = st.dir.join("two\nlines.safetensors");
+    assert_clean_error(st.run_with_weights(&odd), &["two\\nlines.safetensors"]);
 }

@@ -940,11 +940,8 @@ fn inputs_that_are_not_regular_files() {
         .unwrap();
     assert!(made.success());
     // A FIFO blocked the read forever; a directory gave the OS's "Is a directory".
-    for input in [&fifo, &root] {
-        assert_error(
-            pose_run(input, &gt_dir, &root.join("pose.json"), &[]),
-            "not a regular file",
-        );
+    for (input, want) in [(&fifo, "is not a regular file"), (&root, "is a directory")] {
+        assert_error(pose_run(input, &gt_dir, &root.join("pose.json"), &[]), want);
     }
     let pd = root.join("fifo_pred");
     std::fs::create_dir_all(pd.join("e2e")).unwrap();

@@ -137,6 +137,8 @@ fn the_demo_command_writes_everything() {
             vec!["--lr", "nan"],
             "--lr NaN: expected a finite number above 0",
         ),
+        // 1e30 wrote weights of 1e30 into the checkpoint.
+        (vec!["--lr", "1e30"], "--lr 1e30: at most 1"),
         // 100000 threads hung for minutes.
         (
             vec!["--threads", "100000"],

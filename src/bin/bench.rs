@@ -245,7 +245,7 @@ fn write_json(json: Option<&PathBuf>, rows: &[BenchRow]) -> Result<()> {
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", e.one_line());
         std::process::exit(2);
     }
 }

@@ -184,7 +184,7 @@ fn run_image_mode(
 ) -> Result<()> {
     let boxes = match &args.boxes {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            let text = handcov::textfile::read_text(p, "boxes file", 1 << 28)?;
             Some(parse_boxes(&text, &p.display().to_string())?)
         }
         None => None,
@@ -377,7 +377,7 @@ fn output_names(images: &[PathBuf], out: &Path, render: bool) -> Result<Vec<Stri
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", e.one_line());
         std::process::exit(2);
     }
 }

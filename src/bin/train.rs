@@ -83,6 +83,21 @@ const MAX_BATCH: usize = 4096;
 const MAX_SYNTH_TRAIN: usize = 1_000_000;
 const MAX_SYNTH_TEST: usize = 100_000;
 
+/// The largest `--lr`: AdamW moves every weight by about `lr` per step, so a rate above 1 can
+/// only be a typo (1e30 wrote weights of 1e30 into the checkpoint).
+const MAX_LR: f32 = 1.0;
+
+/// `--lr`: finite, above 0 and at most [`MAX_LR`].
+fn learning_rate(p: &mut pico_args::Arguments) -> Result<Option<f32>> {
+    let lr = handcov::cli::positive(p, "--lr", SEE)?;
+    if let Some(v) = lr.filter(|&v| v > MAX_LR) {
+        return Err(Error::Input(format!(
+            "--lr {v:e}: at most {MAX_LR} (AdamW moves each weight by about lr per step)"
+        )));
+    }
+    Ok(lr)
+}
+
 struct Args {
     config: String,
     uncertainty: Option<String>,
@@ -140,7 +155,7 @@ fn parse() -> Result<Option<Args>> {
         steps: steps(&mut p, "--steps", 1)?.unwrap_or(0),
         out: opt(&mut p, "--out", SEE)?,
         resume: opt(&mut p, "--resume", SEE)?,
-        lr: positive(&mut p, "--lr", SEE)?.unwrap_or(1e-6),
+        lr: learning_rate(&mut p)?.unwrap_or(1e-6),
         weight_decay: opt(&mut p, "--weight-decay", SEE)?.unwrap_or(1e-4),
         clip: positive(&mut p, "--clip-grad", SEE)?,
         seed: opt(&mut p, "--seed", SEE)?.unwrap_or(0),
@@ -479,6 +494,7 @@ fn train(a: &Args) -> Result<()> {
         .map_err(|e| Error::io(&log_path, e))?;
     let t_start = std::time::Instant::now();
     let first = trainer.state.step;
+    let skipped_before = trainer.state.skipped_steps;
     while trainer.state.step < a.steps {
         let mut batch = source.next_batch()?;
         if let Some(m) = &mocap {
@@ -490,7 +506,7 @@ fn train(a: &Args) -> Result<()> {
         writeln!(log, "{line}").map_err(|e| Error::io(&log_path, e))?;
         if r.skipped {
             eprintln!(
-                "step {}: non-finite loss or gradient, step skipped ({} so far)",
+                "warning: step {}: non-finite loss or gradient, step skipped ({} so far)",
                 r.step, trainer.state.skipped_steps
             );
         }
@@ -545,12 +561,22 @@ fn train(a: &Args) -> Result<()> {
         trainer.state.skipped_steps,
         out.join("last.safetensors").display()
     );
+    let (ran, skipped) = (
+        trainer.state.step - first,
+        trainer.state.skipped_steps - skipped_before,
+    );
+    if ran > 0 && skipped == ran {
+        return Err(Error::Input(format!(
+            "all {ran} steps of this run had a non-finite loss or gradient and were skipped, so \
+             the weights did not change: check the data's value ranges and --lr"
+        )));
+    }
     Ok(())
 }
 
 /// `train` with no arguments, or `train --demo [options]`: the synthetic-hand demo.
 fn demo() -> Result<()> {
-    use handcov::cli::{count, opt, positive};
+    use handcov::cli::{count, opt};
     let mut p = pico_args::Arguments::from_env();
     let _ = p.contains("--demo");
     let d = DemoOptions::default();
@@ -561,7 +587,7 @@ fn demo() -> Result<()> {
         cache: opt(&mut p, "--cache", SEE)?,
         threads: handcov::cli::threads(&mut p, SEE)?.unwrap_or(d.threads),
         seed: opt(&mut p, "--seed", SEE)?.unwrap_or(d.seed),
-        lr: positive(&mut p, "--lr", SEE)?.unwrap_or(d.lr),
+        lr: learning_rate(&mut p)?.unwrap_or(d.lr),
         pictures: count(&mut p, "--pictures", 0, MAX_SYNTH_TEST, SEE)?.unwrap_or(d.pictures),
         device: DeviceChoice::parse(
             &opt::<String>(&mut p, "--device", SEE)?.unwrap_or_else(|| "auto".into()),
@@ -604,7 +630,7 @@ fn run() -> Result<()> {
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", e.one_line());
         std::process::exit(2);
     }
 }

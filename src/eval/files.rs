@@ -238,14 +238,7 @@ impl Covariance {
 /// Checks that `path` is a regular file (following symbolic links) before it is opened: a
 /// directory gives a clear message, and a FIFO or a device would block or never end.
 pub fn check_regular_file(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(Error::Input(format!(
-            "{}: not a regular file",
-            path.display()
-        )));
-    }
-    Ok(())
+    crate::textfile::check_regular(path).map(|_| ())
 }
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {

@@ -149,7 +149,15 @@ pub fn check_images(samples: &[EvalSample]) -> Result<()> {
             };
             let reader = match reader.with_guessed_format() {
                 Ok(r) => r,
-                Err(e) => return Some((k, what(format!("not a readable image ({e})")))),
+                Err(e) => {
+                    return Some((
+                        k,
+                        what(format!(
+                            "not a readable image ({})",
+                            crate::error::flatten(&e)
+                        )),
+                    ))
+                }
             };
             if reader.format().is_none() {
                 return Some((
@@ -159,7 +167,13 @@ pub fn check_images(samples: &[EvalSample]) -> Result<()> {
             }
             match reader.into_dimensions() {
                 Ok(_) => None,
-                Err(e) => Some((k, what(format!("not a readable image ({e})")))),
+                Err(e) => Some((
+                    k,
+                    what(format!(
+                        "not a readable image ({})",
+                        crate::error::flatten(&e)
+                    )),
+                )),
             }
         })
         .min_by_key(|(k, _)| *k);

@@ -167,7 +167,7 @@ impl ModelConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<ModelConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::textfile::read_text(path, "model config", 1 << 20)?;
         ModelConfig::from_json(&text, &path.display().to_string())
     }
 
@@ -175,6 +175,9 @@ impl ModelConfig {
     pub fn load(spec: &str) -> Result<ModelConfig> {
         match ModelConfig::preset(spec) {
             Some(cfg) => Ok(cfg),
+            None if !Path::new(spec).exists() => Err(Error::Config(format!(
+                "{spec:?} is neither a preset (hamer, tiny) nor an existing config file"
+            ))),
             None => ModelConfig::from_file(Path::new(spec)),
         }
     }

@@ -85,11 +85,7 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |e: &dyn std::fmt::Display| {
         // Decoder messages can span lines; the error stays one line.
-        let msg = e
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
+        let msg = crate::error::flatten(e);
         Error::Input(format!("{}: not a readable image ({msg})", path.display()))
     };
     let reader = image::ImageReader::new(std::io::Cursor::new(&bytes[..]))

@@ -47,7 +47,7 @@ fn run() -> Result<()> {
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", e.one_line());
         std::process::exit(2);
     }
 }

@@ -375,7 +375,7 @@ impl TrainSet {
     /// line is an error naming the file and the line number.
     pub fn open(dir: &Path) -> Result<TrainSet> {
         let path = dir.join(ANNOTATIONS_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let text = crate::textfile::read_text(&path, "annotations file", 1 << 34)?;
         // A byte-order mark (some editors write one) is not part of the first line.
         let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let mut anns = Vec::new();
