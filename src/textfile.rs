@@ -1,6 +1,6 @@
-//! Reading the text inputs (model configs, boxes files, training annotations): only regular
-//! files, since a FIFO or a device (`/dev/zero`) would block forever or grow without end, and
-//! no more bytes than the kind of file can reasonably hold.
+//! Reading input files safely: every input (weights, images, configs, boxes, annotations)
+//! must be a regular file, since a FIFO or a device (`/dev/zero`) would block forever or grow
+//! without end; text inputs are also read only up to a size their kind can reasonably have.
 
 use crate::error::{Error, Result};
 use std::path::Path;

@@ -38,18 +38,7 @@ impl TensorFile {
                 "an empty path where a safetensors file was expected".into(),
             ));
         }
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        if !meta.is_file() {
-            let what = if meta.is_dir() {
-                "a directory"
-            } else {
-                "not a regular file"
-            };
-            return Err(Error::Input(format!(
-                "{}: is {what}; expected a safetensors file",
-                path.display()
-            )));
-        }
+        crate::textfile::check_regular(path)?;
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let shown = path.display();

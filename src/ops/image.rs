@@ -74,14 +74,7 @@ pub const MAX_IMAGE_PIXELS: u64 = 1 << 27;
 /// a JPEG that ends before its end-of-image marker is decoded as OpenCV does (the decoder fills
 /// in the rest) with a warning on stderr.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    // A FIFO or a device would block or never end.
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(Error::Input(format!(
-            "{}: not a regular file (expected a JPEG or PNG image)",
-            path.display()
-        )));
-    }
+    crate::textfile::check_regular(path)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |e: &dyn std::fmt::Display| {
         // Decoder messages can span lines; the error stays one line.
