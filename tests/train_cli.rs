@@ -639,6 +639,27 @@ fn bad_flags_are_one_clean_error() {
         base(&file, &["--threads", "100000"]),
         "--threads 100000: expected 1 to 1024",
     );
+    // Flags that had no effect in the chosen mode were silently ignored.
+    assert_clean(
+        base(&file, &["--threads", "2"]),
+        "--threads sizes the --data loader's pool; with --batch-file there is no loader",
+    );
+    let grads = dir.join("g.safetensors");
+    let dump = [
+        "--config",
+        s(&cfg),
+        "--weights",
+        s(&w),
+        "--batch-file",
+        s(&batch),
+        "--dump-grads",
+        s(&grads),
+    ];
+    assert_clean(
+        train(&[&dump[..], &["--lr=1e-3"]].concat()),
+        "--lr applies to training, not to --dump-grads",
+    );
+    assert!(!grads.exists());
     assert_clean(
         base(&file, &["--steps", "2"]),
         "--steps is given more than once",

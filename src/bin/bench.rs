@@ -7,10 +7,10 @@ use handcov::engine::Precision;
 use handcov::error::{Error, Result};
 use handcov::model::config::{ModelConfig, Uncertainty};
 use handcov::model::mano::Mano;
+use handcov::model::weights::write_atomic;
 use handcov::model::weights::TensorFile;
 use handcov::model::HandModel;
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const HELP: &str = "\
 bench: time handcov's CUDA kernels and whole forward on GPU 0
@@ -102,6 +102,9 @@ fn run() -> Result<()> {
     let train_list: Option<String> = opt(&mut p, "--train-batch", h)?;
     let nll_batch_arg = count(&mut p, "--nll-batch", 1, MAX_ROWS, h)?;
     finish(p, HELP, h)?;
+    if let Some(path) = &json {
+        check_json_path(path)?;
+    }
     if cpu_train {
         // The GPU benchmarks' flags mean nothing here: say so rather than ignore them.
         let gpu_only = [
@@ -230,15 +233,35 @@ fn run() -> Result<()> {
 }
 
 /// The rows as JSON lines, when --json was given.
+/// The rows as JSON lines, written atomically (a FIFO or a link at `path` is replaced, never
+/// written through).
 fn write_json(json: Option<&PathBuf>, rows: &[BenchRow]) -> Result<()> {
     if let Some(path) = json {
-        let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        let mut text = String::new();
         for r in rows {
             let line = serde_json::to_string(r)
                 .map_err(|e| Error::Input(format!("cannot encode a result: {e}")))?;
-            writeln!(f, "{line}").map_err(|e| Error::io(path, e))?;
+            text.push_str(&line);
+            text.push('\n');
         }
+        write_atomic(path, text.as_bytes())?;
         println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `--json OUT`: its folder must exist and OUT must not be a directory, checked before the
+/// benchmarks run (they take minutes).
+fn check_json_path(path: &Path) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if path.is_dir() || !dir.is_dir() {
+        return Err(Error::Input(format!(
+            "--json {}: expected a file name in an existing directory",
+            path.display()
+        )));
     }
     Ok(())
 }

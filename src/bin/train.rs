@@ -191,6 +191,11 @@ fn parse() -> Result<Option<Args>> {
                 .into(),
         ));
     }
+    if a.batch_file.is_some() && a.threads.is_some() {
+        return Err(Error::Input(
+            "--threads sizes the --data loader's pool; with --batch-file there is no loader".into(),
+        ));
+    }
     if a.val_every.is_some() && a.val_batch.is_none() {
         return Err(Error::Input(
             "--val-every needs --val-batch FILE (the batch to validate on)".into(),
@@ -615,12 +620,49 @@ fn demo() -> Result<()> {
     handcov::synth::demo::run(&o).map(|_| ())
 }
 
+/// The flags of training runs, which `--dump-grads` does not take.
+const TRAINING_ONLY: [&str; 16] = [
+    "--init",
+    "--steps",
+    "--out",
+    "--resume",
+    "--lr",
+    "--weight-decay",
+    "--clip-grad",
+    "--log-every",
+    "--ckpt-every",
+    "--data",
+    "--batch-size",
+    "--mocap",
+    "--threads",
+    "--no-augment",
+    "--val-batch",
+    "--val-every",
+];
+
 fn run() -> Result<()> {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     if args.is_empty() || args.iter().any(|a| a == "--demo") {
         return demo();
     }
     let Some(a) = parse()? else { return Ok(()) };
+    if a.dump_grads.is_some() {
+        // One step's gradients, no training: the training flags would be silently ignored.
+        let flag = |x: &std::ffi::OsString| {
+            let x = x.to_string_lossy();
+            x.split('=').next().unwrap_or_default().to_string()
+        };
+        if let Some(f) = args
+            .iter()
+            .map(flag)
+            .find(|f| TRAINING_ONLY.contains(&f.as_str()))
+        {
+            return Err(Error::Input(format!(
+                "{f} applies to training, not to --dump-grads (one forward + backward on the \
+                 batch file, nothing trained)"
+            )));
+        }
+    }
     match (&a.dump_grads, &a.weights) {
         (Some(out), Some(w)) => dump_grads(&a, w, out),
         (Some(_), None) => Err(Error::Input("--dump-grads needs --weights".into())),
