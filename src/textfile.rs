@@ -7,6 +7,11 @@ use std::path::Path;
 
 /// An error unless `path` is a regular file (after following links); its metadata otherwise.
 pub fn check_regular(path: &Path) -> Result<std::fs::Metadata> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::Input(
+            "an empty path where a file was expected".into(),
+        ));
+    }
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
         let what = if meta.is_dir() {

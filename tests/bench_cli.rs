@@ -6,15 +6,7 @@ mod common;
 use common::{assert_clean_error, scratch};
 
 fn bench(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run_binary(env!("CARGO_BIN_EXE_bench"), args)
 }
 
 #[test]

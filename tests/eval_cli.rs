@@ -20,15 +20,7 @@ fn s(p: &Path) -> &str {
 }
 
 fn eval(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_eval"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run_binary(env!("CARGO_BIN_EXE_eval"), args)
 }
 
 fn close(what: &str, a: f64, b: f64) {

@@ -9,22 +9,13 @@ use handcov::model::config::Uncertainty;
 use handcov::model::weights::TensorFile;
 use handcov::tensor::rel_err;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
 fn train(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_train"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run_binary(env!("CARGO_BIN_EXE_train"), args)
 }
 
 fn setup(name: &str, u: Uncertainty) -> (PathBuf, PathBuf, PathBuf) {

@@ -33,11 +33,6 @@ pub struct TensorFile {
 
 impl TensorFile {
     pub fn open(path: &Path) -> Result<TensorFile> {
-        if path.as_os_str().is_empty() {
-            return Err(Error::Input(
-                "an empty path where a safetensors file was expected".into(),
-            ));
-        }
         crate::textfile::check_regular(path)?;
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();

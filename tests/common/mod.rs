@@ -130,17 +130,20 @@ pub fn f32_tensor(name: &str, shape: &[usize], values: &[f32]) -> RawTensor {
     }
 }
 
-/// Runs the `infer` binary; returns (exit code, stdout, stderr).
-pub fn infer(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_infer"))
-        .args(args)
-        .output()
-        .unwrap();
+/// Runs one of the crate's binaries (`env!("CARGO_BIN_EXE_<name>")`); returns (exit code,
+/// stdout, stderr).
+pub fn run_binary(exe: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(exe).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs the `infer` binary; returns (exit code, stdout, stderr).
+pub fn infer(args: &[&str]) -> (i32, String, String) {
+    run_binary(env!("CARGO_BIN_EXE_infer"), args)
 }
 
 /// Asserts that a failed run printed exactly one line, `error: ...` containing every `needle`,

@@ -13,6 +13,22 @@ fn parse(v: &Value) -> std::result::Result<Annotation, String> {
     parse_annotation(&v.to_string())
 }
 
+/// An edit of the valid annotation [`base`].
+type Edit = Box<dyn Fn(&mut Value)>;
+
+/// Each edit of [`base`] is a parse error whose message contains its text.
+fn assert_each_edit_fails(cases: &[(Edit, &str)]) {
+    for (i, (edit, want)) in cases.iter().enumerate() {
+        let mut v = base();
+        edit(&mut v);
+        let m = parse_err(&v);
+        assert!(
+            m.contains(want),
+            "case {i}: `{m}` does not contain `{want}`"
+        );
+    }
+}
+
 fn parse_err(v: &Value) -> String {
     match parse(v) {
         Ok(_) => panic!("accepted {v}"),
@@ -79,7 +95,6 @@ fn a_valid_line_parses_with_its_values() {
 
 #[test]
 fn malformed_lines_are_rejected_with_what_is_wrong() {
-    type Edit = Box<dyn Fn(&mut Value)>;
     let cases: Vec<(Edit, &str)> = vec![
         (Box::new(|v| v["extra"] = json!(1)), "unknown field `extra`"),
         (
@@ -168,15 +183,7 @@ fn malformed_lines_are_rejected_with_what_is_wrong() {
             "invalid type",
         ),
     ];
-    for (i, (edit, want)) in cases.iter().enumerate() {
-        let mut v = base();
-        edit(&mut v);
-        let m = parse_err(&v);
-        assert!(
-            m.contains(want),
-            "case {i}: `{m}` does not contain `{want}`"
-        );
-    }
+    assert_each_edit_fails(&cases);
     for text in [
         "",
         "{",
@@ -406,7 +413,6 @@ fn open_applies_the_filters_and_counts() {
 
 #[test]
 fn boxes_must_be_finite_float32_values_a_crop_can_use() {
-    type Edit = Box<dyn Fn(&mut Value)>;
     let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(|v| v["scale"] = json!(1e39)),
@@ -443,15 +449,7 @@ fn boxes_must_be_finite_float32_values_a_crop_can_use() {
             "`center` value 1e30 is too far out for a box of side 4e1 px",
         ),
     ];
-    for (i, (edit, want)) in cases.iter().enumerate() {
-        let mut v = base();
-        edit(&mut v);
-        let m = parse_err(&v);
-        assert!(
-            m.contains(want),
-            "case {i}: `{m}` does not contain `{want}`"
-        );
-    }
+    assert_each_edit_fails(&cases);
     // Large but usable boxes are fine.
     let mut v = base();
     v["center"] = json!([1e5, 3e4]);
