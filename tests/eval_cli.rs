@@ -576,27 +576,7 @@ fn help_texts() {
 /// Like [`eval`], but a run still going after `secs` seconds is killed and reported as exit
 /// code -1 (an input that blocks, such as a FIFO, must fail the test, not hang it).
 fn eval_within(args: &[&str], secs: u64) -> (i32, String, String) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eval"))
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed().as_secs() >= secs {
-            let _ = child.kill();
-            let _ = child.wait();
-            return (-1, String::new(), format!("still running after {secs} s"));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run_binary_within(env!("CARGO_BIN_EXE_eval"), args, secs)
 }
 
 fn unc_run(pred_dir: &Path, gt_dir: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {

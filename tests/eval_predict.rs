@@ -25,28 +25,10 @@ fn s(p: &Path) -> &str {
 /// Runs `eval predict ARGS`; returns (exit code, stdout, stderr). A run still going after two
 /// minutes (an input that blocks, such as a FIFO) is killed and reported as exit code -1.
 fn eval_predict(args: &[&str]) -> (i32, String, String) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eval"))
-        .arg("predict")
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed().as_secs() >= 120 {
-            let _ = child.kill();
-            let _ = child.wait();
-            return (-1, String::new(), "still running after 120 s".into());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let args: Vec<&str> = std::iter::once("predict")
+        .chain(args.iter().copied())
+        .collect();
+    common::run_binary_within(env!("CARGO_BIN_EXE_eval"), &args, 120)
 }
 
 /// Every number of a JSON text of nested arrays, in order, each parsed by `str::parse::<f64>`

@@ -141,6 +141,32 @@ pub fn run_binary(exe: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// [`run_binary`], but a run still going after `secs` seconds is killed and reported as exit
+/// code -1 (an input that blocks, such as a FIFO, must fail the test, not hang it).
+pub fn run_binary_within(exe: &str, args: &[&str], secs: u64) -> (i32, String, String) {
+    let mut child = std::process::Command::new(exe)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed().as_secs() >= secs {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (-1, String::new(), format!("still running after {secs} s"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs the `infer` binary; returns (exit code, stdout, stderr).
 pub fn infer(args: &[&str]) -> (i32, String, String) {
     run_binary(env!("CARGO_BIN_EXE_infer"), args)
