@@ -113,8 +113,9 @@ pub fn check_distinct(out_flag: &str, out: &Path, in_flag: &str, input: &Path) -
     Ok(())
 }
 
-/// Ends the parse: anything left over is an error. A flag that is left over although the tool
-/// knows it (it appears in `usage`) was given twice; say so rather than call it unknown.
+/// Ends the parse: anything left over is an error. A left-over flag that the tool knows (it
+/// appears in `usage`) was either given twice or belongs to another of the tool's usages; the
+/// message says which rather than call it unknown.
 pub fn finish(p: pico_args::Arguments, usage: &str, help: &str) -> Result<()> {
     let rest = p.finish();
     let Some(first) = rest.first() else {
@@ -122,13 +123,24 @@ pub fn finish(p: pico_args::Arguments, usage: &str, help: &str) -> Result<()> {
     };
     let a = first.to_string_lossy();
     if a.starts_with("--") && knows_flag(usage, &a) {
-        return Err(Error::Input(format!(
-            "{a} is given more than once (see {help})"
-        )));
+        let given = std::env::args_os()
+            .skip(1)
+            .filter(|x| flag_name(&x.to_string_lossy()) == a)
+            .count();
+        return Err(Error::Input(if given > 1 {
+            format!("{a} is given more than once (see {help})")
+        } else {
+            format!("{a} does not go with the other flags given: it belongs to another usage (see {help})")
+        }));
     }
     Err(Error::Input(format!(
         "unexpected argument {a:?} (see {help})"
     )))
+}
+
+/// The flag of a command-line word: `--out` for both `--out` and `--out=dir`.
+pub fn flag_name(word: &str) -> &str {
+    word.split('=').next().unwrap_or_default()
 }
 
 /// Whether `usage` mentions `flag` as a whole word (`--batch` is not `--batch-size`).

@@ -141,3 +141,34 @@ fn writes_a_training_set_and_a_freihand_layout() {
         assert_eq!(std::fs::read_to_string(&marker).unwrap(), text, "{what}");
     }
 }
+
+/// Runs sharing a cache generate at the same time (two tests, two demo runs): each finds or
+/// publishes a complete set, neither deletes the other's files, and no staging or stale folder
+/// is left beside it. Before the set was written in place, the second run deleted the first's
+/// half-written set and one of them failed on a missing folder.
+#[test]
+fn concurrent_generations_share_one_complete_set() {
+    let dir = scratch("synth_dataset_concurrent");
+    let mano = procedural_hand().mano().unwrap();
+    let cfg = small();
+    let root = dir.join("set");
+    // A stale set first, so that both runs also race to discard it.
+    std::fs::create_dir_all(root.join("train")).unwrap();
+    std::fs::write(root.join(".complete"), "v0-stale").unwrap();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| generate(&root, &cfg, &mano, false)))
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for r in results {
+        let paths = r.unwrap();
+        assert_eq!(TrainSet::open(&paths.train).unwrap().len(), cfg.n_train);
+        assert_eq!(read_gt_xyz(&paths.test.join("evaluation_xyz.json")).unwrap().n(), cfg.n_test);
+    }
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["set"]);
+}

@@ -65,9 +65,10 @@ fn a_short_run_lowers_the_loss() {
 fn the_demo_command_writes_everything() {
     let dir = scratch("synth_demo_cli");
     let out = dir.join("out");
+    // Only demo flags, without `--demo`: the demo (it was an error that called --cache
+    // "given more than once").
     let o = Command::new(env!("CARGO_BIN_EXE_train"))
         .args([
-            "--demo",
             "--steps",
             "12",
             "--batch-size",
@@ -187,4 +188,17 @@ fn the_demo_command_writes_everything() {
         !dir.join("no_cache").exists(),
         "a bad flag started the generation"
     );
+    // A demo flag beside a training run's flags is one of another usage, not a repeat.
+    let o = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(["--config", "tiny", "--steps", "1", "--cache"])
+        .arg(dir.join("no_cache"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--cache does not go with the other flags given"),
+        "{err}"
+    );
+    assert!(!dir.join("no_cache").exists());
 }

@@ -21,9 +21,10 @@ use std::path::{Path, PathBuf};
 const HELP: &str = "\
 train: fine-tune HaMeR + an uncertainty head with hand-written backward passes (CPU or GPU)
 
-USAGE (the demo: no arguments at all):
+USAGE (the demo: no arguments, or only these flags):
   train [--demo] [--steps 3400] [--batch-size 32] [--out demo] [--device auto|cpu|cuda]
         [--synth-train 12000] [--synth-test 600] [--cache DIR] [--lr 3e-4] [--pictures 8]
+        [--seed 1] [--threads N]
       Generates (once, cached under $HANDCOV_CACHE or ~/.cache/handcov) a synthetic set of
       procedural hands rendered by handcov's rasteriser, trains the `tiny` preset with the
       `ours` head from scratch, evaluates it on the held-out split (PA-MPJPE, PA-MPVPE,
@@ -583,6 +584,10 @@ fn train(a: &Args) -> Result<()> {
 fn demo() -> Result<()> {
     use handcov::cli::{count, opt};
     let mut p = pico_args::Arguments::from_env();
+    if p.contains(["-h", "--help"]) {
+        print!("{HELP}");
+        return Ok(());
+    }
     let _ = p.contains("--demo");
     let d = DemoOptions::default();
     let mut o = DemoOptions {
@@ -620,6 +625,22 @@ fn demo() -> Result<()> {
     handcov::synth::demo::run(&o).map(|_| ())
 }
 
+/// The flags of the demo; a command line of only these runs it.
+const DEMO_FLAGS: [&str; 12] = [
+    "--demo",
+    "--steps",
+    "--batch-size",
+    "--out",
+    "--cache",
+    "--threads",
+    "--seed",
+    "--lr",
+    "--pictures",
+    "--device",
+    "--synth-train",
+    "--synth-test",
+];
+
 /// The flags of training runs, which `--dump-grads` does not take.
 const TRAINING_ONLY: [&str; 16] = [
     "--init",
@@ -642,16 +663,18 @@ const TRAINING_ONLY: [&str; 16] = [
 
 fn run() -> Result<()> {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
-    if args.is_empty() || args.iter().any(|a| a == "--demo") {
+    // The demo: no arguments, `--demo`, or only the demo's own flags (`train --steps 800`).
+    let is_demo_flag = |a: &std::ffi::OsString| {
+        let a = a.to_string_lossy();
+        !a.starts_with("--") || DEMO_FLAGS.contains(&handcov::cli::flag_name(&a))
+    };
+    if args.iter().any(|a| a == "--demo") || args.iter().all(is_demo_flag) {
         return demo();
     }
     let Some(a) = parse()? else { return Ok(()) };
     if a.dump_grads.is_some() {
         // One step's gradients, no training: the training flags would be silently ignored.
-        let flag = |x: &std::ffi::OsString| {
-            let x = x.to_string_lossy();
-            x.split('=').next().unwrap_or_default().to_string()
-        };
+        let flag = |x: &std::ffi::OsString| handcov::cli::flag_name(&x.to_string_lossy()).to_string();
         if let Some(f) = args
             .iter()
             .map(flag)

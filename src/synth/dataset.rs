@@ -540,34 +540,90 @@ fn check_complete(
 /// Generates the set under `root` unless a complete one with the same configuration and
 /// [`fingerprint`] is there. The `.complete` marker, written last, holds both and the size of
 /// every file: a set that is incomplete (the generator was stopped), from another generator,
-/// or damaged since (a file removed, emptied or cut short) is deleted and generated again.
-/// Returns the paths.
+/// or damaged since (a file removed, emptied or cut short) is replaced by a new one.
+///
+/// The set is written into a staging folder beside `root` and renamed into place when
+/// complete, and a stale set is renamed away before it is deleted, so that runs sharing the
+/// cache never see a half-written set or delete each other's files: when two generate at
+/// once, the first rename wins and the other uses its set. Returns the paths.
 pub fn generate(root: &Path, cfg: &SynthConfig, mano: &Mano, log: bool) -> Result<SynthPaths> {
+    let stamp = format!("{}\n{}", cfg.key(), fingerprint(cfg, mano)?);
+    let why = match usable(root, cfg, &stamp) {
+        Ok(()) => return Ok(SynthPaths::new(root)),
+        Err(why) => why,
+    };
+    if root.exists() {
+        if log {
+            eprintln!(
+                "synthetic set: {} is not usable ({why}); regenerating",
+                root.display()
+            );
+        }
+        discard(root, &format!("is not usable ({why})"))?;
+    }
+    let staging = sibling(root, "partial");
+    let written = write_set(&staging, cfg, mano, &stamp, log);
+    let published = written.and_then(|()| match std::fs::rename(&staging, root) {
+        Ok(()) => Ok(()),
+        // Another run published a set first: use it if it is complete.
+        Err(_) if usable(root, cfg, &stamp).is_ok() => Ok(()),
+        Err(e) => Err(Error::io(root, e)),
+    });
+    if staging.exists() {
+        // Best effort: a left-over staging folder only wastes space.
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    published?;
+    Ok(SynthPaths::new(root))
+}
+
+/// Whether `root` holds a complete set of this configuration and generator; why not if not.
+fn usable(root: &Path, cfg: &SynthConfig, stamp: &str) -> std::result::Result<(), String> {
+    match std::fs::read_to_string(root.join(".complete")) {
+        Ok(text) => check_complete(root, cfg, stamp, &text),
+        Err(_) => Err("it has no completion marker (an interrupted generation?)".into()),
+    }
+}
+
+/// A folder name beside `root` that no other process or thread uses:
+/// `<root>.<what>-<pid>-<ns>-<count>`.
+fn sibling(root: &Path, what: &str) -> PathBuf {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let k = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut name = root.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{what}-{}-{ns}-{k}", std::process::id()));
+    root.with_file_name(name)
+}
+
+/// Moves the stale set at `root` aside (atomically: a concurrent run either sees it or not)
+/// and deletes it. One that another run moved first is already gone.
+fn discard(root: &Path, why: &str) -> Result<()> {
+    let aside = sibling(root, "stale");
+    match std::fs::rename(root, &aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::Input(format!(
+                "synthetic set {} {why} and cannot be moved away ({e}): delete it to regenerate",
+                root.display()
+            )))
+        }
+    }
+    std::fs::remove_dir_all(&aside).map_err(|e| {
+        Error::Input(format!(
+            "the stale synthetic set moved to {} cannot be deleted ({e}): delete it",
+            aside.display()
+        ))
+    })
+}
+
+/// Writes a whole set under `root` (a fresh folder), the completion marker last.
+fn write_set(root: &Path, cfg: &SynthConfig, mano: &Mano, stamp: &str, log: bool) -> Result<()> {
     let paths = SynthPaths::new(root);
     let marker = root.join(".complete");
-    let stamp = format!("{}\n{}", cfg.key(), fingerprint(cfg, mano)?);
-    let why = match std::fs::read_to_string(&marker) {
-        Ok(text) => match check_complete(root, cfg, &stamp, &text) {
-            Ok(()) => return Ok(paths),
-            Err(why) => why,
-        },
-        Err(_) => "it has no completion marker (an interrupted generation?)".into(),
-    };
-    if log && root.exists() {
-        eprintln!(
-            "synthetic set: {} is not usable ({why}); regenerating",
-            root.display()
-        );
-    }
-    if root.exists() {
-        std::fs::remove_dir_all(root).map_err(|e| {
-            Error::Input(format!(
-                "synthetic set {} is not usable ({why}) and cannot be removed ({e}): delete it \
-                 to regenerate",
-                root.display()
-            ))
-        })?;
-    }
     let t0 = std::time::Instant::now();
     let mkdir = |p: &Path| std::fs::create_dir_all(p).map_err(|e| Error::io(p, e));
     mkdir(&paths.train.join("images"))?;
@@ -677,19 +733,18 @@ pub fn generate(root: &Path, cfg: &SynthConfig, mano: &Mano, log: bool) -> Resul
             root.display()
         ))
     })?;
-    let mut text = stamp;
+    let mut text = stamp.to_string();
     for (what, bytes) in sizes {
         text.push_str(&format!("\n{what}\t{bytes}"));
     }
     std::fs::write(&marker, &text).map_err(|e| Error::io(&marker, e))?;
     if log {
         eprintln!(
-            "synthetic set: {} + {} hands in {:.1} s under {}",
+            "synthetic set: {} + {} hands in {:.1} s",
             cfg.n_train,
             n,
-            t0.elapsed().as_secs_f64(),
-            root.display()
+            t0.elapsed().as_secs_f64()
         );
     }
-    Ok(paths)
+    Ok(())
 }
