@@ -117,24 +117,39 @@ pub fn check_distinct(out_flag: &str, out: &Path, in_flag: &str, input: &Path) -
 /// appears in `usage`) was either given twice or belongs to another of the tool's usages; the
 /// message says which rather than call it unknown.
 pub fn finish(p: pico_args::Arguments, usage: &str, help: &str) -> Result<()> {
+    let words: Vec<_> = std::env::args_os().skip(1).collect();
+    finish_words(p, &words, usage, help)
+}
+
+/// [`finish`] for a parse of `words` (the command line without the program name).
+fn finish_words(
+    p: pico_args::Arguments,
+    words: &[std::ffi::OsString],
+    usage: &str,
+    help: &str,
+) -> Result<()> {
     let rest = p.finish();
     let Some(first) = rest.first() else {
         return Ok(());
     };
-    let a = first.to_string_lossy();
-    if a.starts_with("--") && knows_flag(usage, &a) {
-        let given = std::env::args_os()
-            .skip(1)
+    let word = first.to_string_lossy();
+    let a = flag_name(&word);
+    if a.starts_with("--") && knows_flag(usage, a) {
+        let given = words
+            .iter()
             .filter(|x| flag_name(&x.to_string_lossy()) == a)
             .count();
         return Err(Error::Input(if given > 1 {
             format!("{a} is given more than once (see {help})")
         } else {
-            format!("{a} does not go with the other flags given: it belongs to another usage (see {help})")
+            format!(
+                "{a} does not go with the other flags given: it belongs to another usage (see \
+                 {help})"
+            )
         }));
     }
     Err(Error::Input(format!(
-        "unexpected argument {a:?} (see {help})"
+        "unexpected argument {word:?} (see {help})"
     )))
 }
 
@@ -169,17 +184,42 @@ mod tests {
         pico_args::Arguments::from_vec(v.iter().map(Into::into).collect())
     }
 
+    /// `finish` of a parse of `v` that took `--threads` (once) and nothing else.
+    fn finish_after_threads(v: &[&str], usage: &str) -> Result<()> {
+        let mut p = args(v);
+        threads(&mut p, "--help")?;
+        let words: Vec<std::ffi::OsString> = v.iter().map(Into::into).collect();
+        finish_words(p, &words, usage, "--help")
+    }
+
     #[test]
     fn a_repeated_flag_is_named_as_such() {
-        let usage = "  --threads N   threads\n  --batch N\n";
-        let mut p = args(&["--threads", "2", "--threads", "3"]);
-        assert_eq!(threads(&mut p, "--help").unwrap(), Some(2));
-        let e = finish(p, usage, "--help").unwrap_err().to_string();
-        assert!(e.contains("--threads is given more than once"), "{e}");
-        let p = args(&["--batch-size", "3"]);
-        let e = finish(p, usage, "--help").unwrap_err().to_string();
-        assert!(e.contains("unexpected argument \"--batch-size\""), "{e}");
-        assert!(finish(args(&[]), usage, "--help").is_ok());
+        let usage = "  --threads N   threads\n  --batch N\n  (other usage) --cache DIR\n";
+        let e = finish_after_threads(&["--threads", "2", "--threads", "3"], usage).unwrap_err();
+        assert!(
+            e.to_string().contains("--threads is given more than once"),
+            "{e}"
+        );
+        let e = finish_after_threads(&["--threads=2", "--threads=3"], usage).unwrap_err();
+        assert!(
+            e.to_string().contains("--threads is given more than once"),
+            "{e}"
+        );
+        // A flag the tool knows, given once, but not taken by this parse.
+        for v in [&["--cache", "d"][..], &["--cache=d"]] {
+            let e = finish_after_threads(v, usage).unwrap_err().to_string();
+            assert!(
+                e.contains("--cache does not go with the other flags given"),
+                "{e}"
+            );
+        }
+        let e = finish_after_threads(&["--batch-size", "3"], usage).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unexpected argument \"--batch-size\""),
+            "{e}"
+        );
+        assert!(finish_after_threads(&[], usage).is_ok());
     }
 
     #[test]

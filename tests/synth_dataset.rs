@@ -164,7 +164,12 @@ fn concurrent_generations_share_one_complete_set() {
     for r in results {
         let paths = r.unwrap();
         assert_eq!(TrainSet::open(&paths.train).unwrap().len(), cfg.n_train);
-        assert_eq!(read_gt_xyz(&paths.test.join("evaluation_xyz.json")).unwrap().n(), cfg.n_test);
+        assert_eq!(
+            read_gt_xyz(&paths.test.join("evaluation_xyz.json"))
+                .unwrap()
+                .n(),
+            cfg.n_test
+        );
     }
     let names: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()

@@ -68,14 +68,7 @@ fn the_demo_command_writes_everything() {
     // Only demo flags, without `--demo`: the demo (it was an error that called --cache
     // "given more than once").
     let o = Command::new(env!("CARGO_BIN_EXE_train"))
-        .args([
-            "--steps",
-            "12",
-            "--batch-size",
-            "8",
-            "--synth-train",
-            "64",
-        ])
+        .args(["--steps", "12", "--batch-size", "8", "--synth-train", "64"])
         .args([
             "--synth-test",
             "16",

@@ -674,7 +674,8 @@ fn run() -> Result<()> {
     let Some(a) = parse()? else { return Ok(()) };
     if a.dump_grads.is_some() {
         // One step's gradients, no training: the training flags would be silently ignored.
-        let flag = |x: &std::ffi::OsString| handcov::cli::flag_name(&x.to_string_lossy()).to_string();
+        let flag =
+            |x: &std::ffi::OsString| handcov::cli::flag_name(&x.to_string_lossy()).to_string();
         if let Some(f) = args
             .iter()
             .map(flag)
