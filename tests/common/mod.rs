@@ -1,9 +1,17 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod eval_set;
+pub mod train_run;
+
 use handcov::model::config::{ModelConfig, Uncertainty};
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
+
+/// A path as the `&str` of a command line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -73,6 +81,13 @@ pub fn tiny_config(u: Uncertainty) -> ModelConfig {
     let mut cfg = ModelConfig::from_file(&fixture("tiny_config.json")).unwrap();
     cfg.uncertainty = u;
     cfg
+}
+
+/// The `tiny` config file with the given uncertainty type, written into `dir`.
+pub fn config_file(dir: &Path, u: Uncertainty) -> PathBuf {
+    let p = dir.join(format!("tiny_{}.json", u.name()));
+    std::fs::write(&p, tiny_config(u).to_json()).unwrap();
+    p
 }
 
 /// One tensor of a safetensors file, owned.
