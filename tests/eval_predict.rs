@@ -18,10 +18,6 @@ use std::path::{Path, PathBuf};
 
 const NV: usize = 778;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// Runs `eval predict ARGS`; returns (exit code, stdout, stderr). A run still going after two
 /// minutes (an input that blocks, such as a FIFO) is killed and reported as exit code -1.
 fn eval_predict(args: &[&str]) -> (i32, String, String) {
@@ -129,12 +125,6 @@ fn write_set(path: &Path, dataset: Option<&str>, samples: &[Sample]) {
         doc["dataset"] = serde_json::json!(d);
     }
     std::fs::write(path, doc.to_string()).unwrap();
-}
-
-fn config_file(dir: &Path, u: Uncertainty) -> PathBuf {
-    let p = dir.join(format!("tiny_{}.json", u.name()));
-    std::fs::write(&p, tiny_config(u).to_json()).unwrap();
-    p
 }
 
 /// What `eval predict` should write, computed with the library model on the same crops and the

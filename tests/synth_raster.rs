@@ -16,7 +16,6 @@ use handcov::synth::draw::{self, Ellipse};
 use handcov::synth::overlay::{overlay, OverlayStyle};
 use handcov::synth::plot::{sparsification_fractions, sparsification_png};
 use handcov::synth::raster::{render, MeshView, Render, Shading, Target};
-use std::path::Path;
 
 /// A convex mesh's silhouette is the convex hull of its projected vertices: every pixel centre
 /// more than 0.01 px from the hull boundary is classified exactly; returns the mask IoU.
@@ -580,10 +579,6 @@ fn sparsification_plot_writes_a_png_with_every_series() {
 }
 
 // ---- infer --render -------------------------------------------------------------------------
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn infer_render_draws_the_hands_over_the_image() {
