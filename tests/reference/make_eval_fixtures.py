@@ -33,7 +33,8 @@ is given) plus Cartwright's correction α·y[-1] + β·y[-2] − η·y[-3] with 
 is the trapezoid in both; odd N is `_basic_simpson(y, 0, N-2, ...)` in both. 1.13.1 only adds
 the deprecated `even` keyword. So the fixtures from 1.17.1 hold for 1.13.1.
 
-The end-to-end set is generated, not stored: both this script and tests/eval_cli.rs compute it
+The end-to-end set is generated, not stored: both this script and tests/common/eval_set.rs
+compute it
 from SplitMix64 hashes with the same scalar f64 operations in the same order (see `E2E` below),
 so the inputs are bit-identical without committing megabytes of JSON. The predictions,
 uncertainties and covariances are cast to f32 (as the engine writes them), the GT stays f64.
@@ -292,7 +293,7 @@ def make_calibration():
                               "expected": res})
 
 
-# ---- end-to-end set (mirrored in tests/eval_cli.rs) ------------------------------------------
+# ---- end-to-end set (mirrored in tests/common/eval_set.rs) ------------------------------------
 
 MASK = (1 << 64) - 1
 
