@@ -34,9 +34,8 @@ is the trapezoid in both; odd N is `_basic_simpson(y, 0, N-2, ...)` in both. 1.1
 the deprecated `even` keyword. So the fixtures from 1.17.1 hold for 1.13.1.
 
 The end-to-end set is generated, not stored: both this script and tests/common/eval_set.rs
-compute it
-from SplitMix64 hashes with the same scalar f64 operations in the same order (see `E2E` below),
-so the inputs are bit-identical without committing megabytes of JSON. The predictions,
+compute it from SplitMix64 hashes with the same scalar f64 operations in the same order (see
+`E2E` below), so the inputs are bit-identical without committing megabytes of JSON. The predictions,
 uncertainties and covariances are cast to f32 (as the engine writes them), the GT stays f64.
 
 Run from the repository root:  python3 tests/reference/make_eval_fixtures.py   (~10 s)
