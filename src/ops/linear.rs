@@ -72,9 +72,10 @@ pub fn matmul_acc_strided_cpu(
     gemm_call(m, n, k, a, sa, b, sb, c, sc, true, par)
 }
 
-/// `c = a · b` with `c` given by its strides too.
+/// `c = a · b` (overwritten) with `c` given by its strides too (`c` may be strided).
+/// The caller checks that every index `i·rs + j·cs` stays inside each slice.
 #[allow(clippy::too_many_arguments)]
-fn matmul_into(
+pub fn matmul_into(
     m: usize,
     n: usize,
     k: usize,
