@@ -14,7 +14,9 @@ use crate::ops::attention::{
 };
 use crate::ops::drop_path::scale_rows;
 use crate::ops::layernorm::{layernorm_bwd_cpu, layernorm_fwd_cpu};
-use crate::ops::linear::{linear_bwd_cpu, linear_cpu, Epilogue};
+use crate::ops::linear::{
+    linear_bwd_cpu, linear_bwd_input_new, linear_bwd_params_cpu, linear_cpu, linear_new, Epilogue,
+};
 use crate::ops::math::{gelu_with_grad_par, mul_inplace_par};
 use crate::ops::patch_embed::{im2col, patch_embed_bwd_cols_cpu, patch_embed_cols_cpu};
 use std::collections::BTreeMap;
@@ -59,37 +61,24 @@ fn ln_fwd(ln: &LayerNorm, x: &[f32], cols: usize) -> Vec<f32> {
 }
 
 fn lin_fwd(l: &Linear, x: &[f32]) -> Vec<f32> {
-    let rows = x.len() / l.d_in();
-    let mut y = vec![0f32; rows * l.d_out()];
-    linear_cpu(
+    linear_new(
         x,
         l.weight.data(),
         l.bias.as_ref().map(|b| b.data()),
         l.d_in(),
         l.d_out(),
         Epilogue::None,
-        &mut y,
-    );
-    y
+    )
 }
 
 /// Backward of a linear layer named `name` (`.weight`, `.bias`): returns dx.
 fn lin_bwd(l: &Linear, name: &str, x: &[f32], dy: &[f32], g: &mut Grads) -> Vec<f32> {
     let (d_in, d_out) = (l.d_in(), l.d_out());
-    let mut dx = vec![0f32; x.len()];
+    let dx = linear_bwd_input_new(l.weight.data(), dy, d_in, d_out);
     let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
     let mut dw = g.take(&wn, d_in * d_out);
     let mut db = l.bias.as_ref().map(|_| g.take(&bn, d_out));
-    linear_bwd_cpu(
-        x,
-        l.weight.data(),
-        dy,
-        d_in,
-        d_out,
-        Some(&mut dx),
-        &mut dw,
-        db.as_deref_mut(),
-    );
+    linear_bwd_params_cpu(x, dy, d_in, d_out, &mut dw, db.as_deref_mut());
     g.put(&wn, dw);
     if let Some(db) = db {
         g.put(&bn, db);

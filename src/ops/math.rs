@@ -491,7 +491,9 @@ mod tests {
     #[test]
     fn gelu_with_grad_matches_gelu_and_gelu_bwd_bitwise() {
         // Across both tails (erfc clamps, the exp underflows) and around 0.
-        let xs: Vec<f32> = (0..40_001).map(|i| (i as f32 - 20_000.0) * 1.7e-3).collect();
+        let xs: Vec<f32> = (0..40_001)
+            .map(|i| (i as f32 - 20_000.0) * 1.7e-3)
+            .collect();
         let mut g = xs.clone();
         let mut hid = vec![f32::NAN; xs.len()];
         gelu_with_grad_par(&mut g, &mut hid);
@@ -503,7 +505,10 @@ mod tests {
             assert_eq!(hid[i].to_bits(), gelu(x).to_bits(), "gelu({x})");
             assert_eq!(g[i].to_bits(), gelu_bwd(x).to_bits(), "gelu_bwd({x})");
         }
-        assert!(dy.iter().zip(&want_dy).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(dy
+            .iter()
+            .zip(&want_dy)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 
     #[test]
