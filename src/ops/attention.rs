@@ -3,18 +3,25 @@
 //! one query token over the context tokens (SPEC §3.2.3).
 
 use super::linear::{matmul_strided_cpu, Par};
-use super::math::{dot_f32_in_f64, exp_f32, map_inplace, sum_f64};
+use super::math::{dot_f32_in_f64, exp_f32, simd, sum_f64};
 use rayon::prelude::*;
 
 /// In-place softmax of `scale·row`, max-subtracted, the sum accumulated in f64 (in the eight
 /// partial sums of [`sum_f64`]).
 fn softmax_row(row: &mut [f32], scale: f32) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
-    map_inplace(row, |v| exp_f32(v * scale - max));
-    let inv = (1.0 / sum_f64(row, |e| e)) as f32;
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
+    simd(
+        #[inline(always)]
+        || {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+            for v in row.iter_mut() {
+                *v = exp_f32(*v * scale - max);
+            }
+            let inv = (1.0 / sum_f64(row, |e| e)) as f32;
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        },
+    )
 }
 
 /// The attention probabilities of head `h` of one sample, `p[i, j] = softmax_j(scale·q_i·k_j)`
@@ -159,10 +166,15 @@ pub fn cross_attention_1q_cpu(
 /// `row[j] ← scale·p[j]·(row[j] − Σ_k p[k]·row[k])`: the softmax backward from `dp` (in `row`)
 /// to the gradient of the pre-scale scores, the inner sum in f64 (eight partial sums).
 fn softmax_bwd_row(p: &[f32], row: &mut [f32], scale: f32) {
-    let dot = dot_f32_in_f64(p, row) as f32;
-    for (g, &pj) in row.iter_mut().zip(p) {
-        *g = scale * pj * (*g - dot);
-    }
+    simd(
+        #[inline(always)]
+        || {
+            let dot = dot_f32_in_f64(p, row) as f32;
+            for (g, &pj) in row.iter_mut().zip(p) {
+                *g = scale * pj * (*g - dot);
+            }
+        },
+    )
 }
 
 /// Backward of [`self_attention_packed_cpu`]: given `dout` `[b, s, h·d]`, writes `dqkv`

@@ -2,7 +2,7 @@
 //! On the CPU the GEMM is the `gemm` crate's (multi-threaded, AVX-512/AVX2 kernels); bias and
 //! GELU are one extra pass over the output.
 
-use super::math::gelu_inplace;
+use super::math::{gelu_inplace, simd};
 use crate::error::{Error, Result};
 use crate::tensor::{fmt_shape, Tensor};
 use rayon::prelude::*;
@@ -318,20 +318,28 @@ fn transposing_epilogue(t: &[f32], b: Option<&[f32]>, d_out: usize, epi: Epilogu
         });
 }
 
-/// Bias and activation in place on a row-major `y`, one task per block of rows.
+/// Bias and activation in place on a row-major `y`, one task per block of 16 rows.
 fn row_epilogue(y: &mut [f32], b: Option<&[f32]>, d_out: usize, epi: Epilogue) {
     if b.is_none() && epi == Epilogue::None {
         return;
     }
-    y.par_chunks_mut(d_out).for_each(|row| {
-        if let Some(b) = b {
-            for (v, &bo) in row.iter_mut().zip(b) {
-                *v += bo;
-            }
-        }
-        if epi == Epilogue::Gelu {
-            gelu_inplace(row);
-        }
+    const ROWS: usize = 16;
+    y.par_chunks_mut(ROWS * d_out).for_each(|rows| {
+        simd(
+            #[inline(always)]
+            || {
+                for row in rows.chunks_mut(d_out) {
+                    if let Some(b) = b {
+                        for (v, &bo) in row.iter_mut().zip(b) {
+                            *v += bo;
+                        }
+                    }
+                    if epi == Epilogue::Gelu {
+                        gelu_inplace(row);
+                    }
+                }
+            },
+        )
     });
 }
 
@@ -468,16 +476,21 @@ pub fn column_sums_acc(m: &[f32], cols: usize, acc: &mut [f32]) {
     acc.par_chunks_mut(BLOCK)
         .enumerate()
         .for_each(|(blk, out)| {
-            let c0 = blk * BLOCK;
-            let mut sums = [0f64; BLOCK];
-            for row in m.chunks_exact(cols) {
-                for (s, &v) in sums.iter_mut().zip(&row[c0..c0 + out.len()]) {
-                    *s += v as f64;
-                }
-            }
-            for (o, s) in out.iter_mut().zip(sums) {
-                *o += s as f32;
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    let c0 = blk * BLOCK;
+                    let mut sums = [0f64; BLOCK];
+                    for row in m.chunks_exact(cols) {
+                        for (s, &v) in sums.iter_mut().zip(&row[c0..c0 + out.len()]) {
+                            *s += v as f64;
+                        }
+                    }
+                    for (o, s) in out.iter_mut().zip(sums) {
+                        *o += s as f32;
+                    }
+                },
+            )
         });
 }
 

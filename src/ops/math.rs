@@ -2,6 +2,41 @@
 //! and `map_inplace`, which compiles a slice loop for AVX-512 and AVX2+FMA as well as the
 //! baseline and picks one at run time.
 
+/// Runs `f` inlined into a clone of this function compiled for AVX-512 (or AVX2+FMA) when the
+/// CPU has it, so that the loops in `f` vectorise with the wide registers (the crate itself is
+/// built for baseline x86-64, i.e. SSE2). Call it inside each parallel task, around the task's
+/// loops, as an `#[inline(always)]` closure (a closure LLVM does not inline would run with the
+/// baseline features). The result does not depend on the clone: Rust never contracts `a·b + c` into an FMA
+/// nor reorders float sums, so every clone performs the same IEEE operations in the same order.
+#[inline(always)]
+pub fn simd<R, F: FnOnce() -> R>(f: F) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the clone was compiled for.
+            return unsafe { simd_avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { simd_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn simd_avx512<R, F: FnOnce() -> R>(f: F) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn simd_avx2<R, F: FnOnce() -> R>(f: F) -> R {
+    f()
+}
+
 /// Applies `f` to every element. `f` should be branch-free f32 arithmetic (the functions below
 /// are) so that the loop vectorises in each of the clones.
 #[inline]
