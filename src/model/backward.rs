@@ -9,13 +9,15 @@ use super::layers::{LayerNorm, Linear};
 use super::vit::{Block, Vit};
 use crate::error::Result;
 use crate::ops::attention::{
-    cross_attention_1q_bwd_cpu, cross_attention_1q_cpu, self_attention_packed_bwd_cpu,
-    self_attention_packed_cpu,
+    cross_attention_1q_bwd_cpu, cross_attention_1q_cpu, self_attention_packed_bwd_probs_cpu,
+    self_attention_packed_train_cpu,
 };
 use crate::ops::drop_path::scale_rows;
 use crate::ops::layernorm::{layernorm_bwd_cpu, layernorm_fwd_cpu};
-use crate::ops::linear::{linear_bwd_cpu, linear_cpu, Epilogue};
-use crate::ops::math::gelu_bwd_inplace;
+use crate::ops::linear::{
+    linear_bwd_cpu, linear_bwd_input_new, linear_bwd_params_cpu, linear_cpu, linear_new, Epilogue,
+};
+use crate::ops::math::{gelu_with_grad_par, mul_inplace_par};
 use crate::ops::patch_embed::{im2col, patch_embed_bwd_cols_cpu, patch_embed_cols_cpu};
 use std::collections::BTreeMap;
 
@@ -59,37 +61,24 @@ fn ln_fwd(ln: &LayerNorm, x: &[f32], cols: usize) -> Vec<f32> {
 }
 
 fn lin_fwd(l: &Linear, x: &[f32]) -> Vec<f32> {
-    let rows = x.len() / l.d_in();
-    let mut y = vec![0f32; rows * l.d_out()];
-    linear_cpu(
+    linear_new(
         x,
         l.weight.data(),
         l.bias.as_ref().map(|b| b.data()),
         l.d_in(),
         l.d_out(),
         Epilogue::None,
-        &mut y,
-    );
-    y
+    )
 }
 
 /// Backward of a linear layer named `name` (`.weight`, `.bias`): returns dx.
 fn lin_bwd(l: &Linear, name: &str, x: &[f32], dy: &[f32], g: &mut Grads) -> Vec<f32> {
     let (d_in, d_out) = (l.d_in(), l.d_out());
-    let mut dx = vec![0f32; x.len()];
+    let dx = linear_bwd_input_new(l.weight.data(), dy, d_in, d_out);
     let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
     let mut dw = g.take(&wn, d_in * d_out);
     let mut db = l.bias.as_ref().map(|_| g.take(&bn, d_out));
-    linear_bwd_cpu(
-        x,
-        l.weight.data(),
-        dy,
-        d_in,
-        d_out,
-        Some(&mut dx),
-        &mut dw,
-        db.as_deref_mut(),
-    );
+    linear_bwd_params_cpu(x, dy, d_in, d_out, &mut dw, db.as_deref_mut());
     g.put(&wn, dw);
     if let Some(db) = db {
         g.put(&bn, db);
@@ -135,10 +124,13 @@ pub struct BlockActs {
     x0: Vec<f32>,
     h1: Vec<f32>,
     qkv: Vec<f32>,
+    /// The attention probabilities, `[b, heads, s, s]`.
+    probs: Vec<f32>,
     att: Vec<f32>,
     x1: Vec<f32>,
     h2: Vec<f32>,
-    pre: Vec<f32>,
+    /// GELU'(fc1 output), what the GELU backward multiplies by.
+    dgelu: Vec<f32>,
     hid: Vec<f32>,
     /// Per-sample drop-path scales of the two branches (1 when drop-path is off).
     dp: [Vec<f32>; 2],
@@ -161,15 +153,17 @@ impl Block {
         let heads = self.attn.num_heads;
         let d = c / heads;
         let mut att = vec![0f32; b * s * c];
-        self_attention_packed_cpu(&qkv, b, s, heads, d, (d as f32).powf(-0.5), &mut att);
+        let mut probs = vec![0f32; b * heads * s * s];
+        let scale = (d as f32).powf(-0.5);
+        self_attention_packed_train_cpu(&qkv, b, s, heads, d, scale, &mut att, &mut probs);
         let mut branch = lin_fwd(&self.attn.proj, &att);
         scale_rows(&mut branch, s * c, &dp[0]);
         add(x, &branch);
         let x1 = x.to_vec();
         let h2 = ln_fwd(&self.norm2, x, c);
-        let pre = lin_fwd(&self.mlp.fc1, &h2);
-        let mut hid = vec![0f32; pre.len()];
-        crate::ops::math::gelu_par(&pre, &mut hid);
+        let mut dgelu = lin_fwd(&self.mlp.fc1, &h2);
+        let mut hid = vec![0f32; dgelu.len()];
+        gelu_with_grad_par(&mut dgelu, &mut hid);
         let mut branch = lin_fwd(&self.mlp.fc2, &hid);
         scale_rows(&mut branch, s * c, &dp[1]);
         add(x, &branch);
@@ -177,10 +171,11 @@ impl Block {
             x0,
             h1,
             qkv,
+            probs,
             att,
             x1,
             h2,
-            pre,
+            dgelu,
             hid,
             dp,
         }
@@ -206,7 +201,7 @@ impl Block {
             &d_branch,
             g,
         );
-        gelu_bwd_inplace(&a.pre, &mut d_hid);
+        mul_inplace_par(&a.dgelu, &mut d_hid);
         let d_h2 = lin_bwd(&self.mlp.fc1, &format!("{name}.mlp.fc1"), &a.h2, &d_hid, g);
         add(
             dx,
@@ -224,8 +219,9 @@ impl Block {
         let heads = self.attn.num_heads;
         let d = c / heads;
         let mut d_qkv = vec![0f32; a.qkv.len()];
-        self_attention_packed_bwd_cpu(
+        self_attention_packed_bwd_probs_cpu(
             &a.qkv,
+            &a.probs,
             b,
             s,
             heads,
@@ -344,7 +340,8 @@ pub struct DecLayerActs {
     att: Vec<f32>,
     x2: Vec<f32>,
     hc: Vec<f32>,
-    pre: Vec<f32>,
+    /// GELU'(net0 output).
+    dgelu: Vec<f32>,
     hid: Vec<f32>,
 }
 
@@ -395,9 +392,9 @@ impl TransformerDecoder {
             add(&mut x, &lin_fwd(&l.cross_attn.to_out, &att));
             let x2 = x.clone();
             let hc = ln_fwd(&l.ff.norm, &x, self.dim);
-            let pre = lin_fwd(&l.ff.net0, &hc);
-            let mut hid = vec![0f32; pre.len()];
-            crate::ops::math::gelu_par(&pre, &mut hid);
+            let mut dgelu = lin_fwd(&l.ff.net0, &hc);
+            let mut hid = vec![0f32; dgelu.len()];
+            gelu_with_grad_par(&mut dgelu, &mut hid);
             add(&mut x, &lin_fwd(&l.ff.net3, &hid));
             layers.push(DecLayerActs {
                 x0,
@@ -410,7 +407,7 @@ impl TransformerDecoder {
                 att,
                 x2,
                 hc,
-                pre,
+                dgelu,
                 hid,
             });
         }
@@ -436,7 +433,7 @@ impl TransformerDecoder {
             let p = format!("{prefix}.transformer.transformer.layers.{i}");
             // Feed-forward branch.
             let mut d_hid = lin_bwd(&l.ff.net3, &format!("{p}.2.fn.net.3"), &acts.hid, &dx, g);
-            gelu_bwd_inplace(&acts.pre, &mut d_hid);
+            mul_inplace_par(&acts.dgelu, &mut d_hid);
             let d_hc = lin_bwd(&l.ff.net0, &format!("{p}.2.fn.net.0"), &acts.hc, &d_hid, g);
             add(
                 &mut dx,

@@ -3,17 +3,46 @@
 //! one query token over the context tokens (SPEC §3.2.3).
 
 use super::linear::{matmul_strided_cpu, Par};
-use super::math::{exp_f32, map_inplace};
+use super::math::{dot_f32_in_f64, exp_f32, simd, sum_f64};
 use rayon::prelude::*;
 
-/// In-place softmax of one row, max-subtracted, the sum accumulated in f64.
-fn softmax_row(row: &mut [f32]) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    map_inplace(row, |v| exp_f32(v - max));
-    let sum: f64 = row.iter().map(|&e| e as f64).sum();
-    let inv = (1.0 / sum) as f32;
-    for v in row.iter_mut() {
-        *v *= inv;
+/// In-place softmax of `scale·row`, max-subtracted, the sum accumulated in f64 (in the eight
+/// partial sums of [`sum_f64`]).
+fn softmax_row(row: &mut [f32], scale: f32) {
+    simd(
+        #[inline(always)]
+        || {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+            for v in row.iter_mut() {
+                *v = exp_f32(*v * scale - max);
+            }
+            let inv = (1.0 / sum_f64(row, |e| e)) as f32;
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        },
+    )
+}
+
+/// The attention probabilities of head `h` of one sample, `p[i, j] = softmax_j(scale·q_i·k_j)`
+/// (`s × s`), from the sample's rows of the packed `qkv` (`[s, 3·c]`). A single-threaded GEMM:
+/// the callers run one task per head.
+fn head_probs(qkv_b: &[f32], s: usize, c: usize, h: usize, d: usize, scale: f32, p: &mut [f32]) {
+    let stride = 3 * c;
+    // scores[i, j] = Σ_t q[i, t]·k[j, t]: kᵀ has row stride 1 and column stride 3c.
+    matmul_strided_cpu(
+        s,
+        s,
+        d,
+        &qkv_b[h * d..],
+        (stride, 1),
+        &qkv_b[c + h * d..],
+        (1, stride),
+        p,
+        Par::Serial,
+    );
+    for row in p.chunks_mut(s) {
+        softmax_row(row, scale);
     }
 }
 
@@ -29,52 +58,67 @@ pub fn self_attention_packed_cpu(
     scale: f32,
     out: &mut [f32],
 ) {
+    self_attention_fwd(qkv, b, s, heads, d, scale, out, None)
+}
+
+/// [`self_attention_packed_cpu`] for training: also keeps the probabilities, `probs`
+/// `[b, h, s, s]`, for [`self_attention_packed_bwd_probs_cpu`].
+#[allow(clippy::too_many_arguments)]
+pub fn self_attention_packed_train_cpu(
+    qkv: &[f32],
+    b: usize,
+    s: usize,
+    heads: usize,
+    d: usize,
+    scale: f32,
+    out: &mut [f32],
+    probs: &mut [f32],
+) {
+    self_attention_fwd(qkv, b, s, heads, d, scale, out, Some(probs))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn self_attention_fwd(
+    qkv: &[f32],
+    b: usize,
+    s: usize,
+    heads: usize,
+    d: usize,
+    scale: f32,
+    out: &mut [f32],
+    probs: Option<&mut [f32]>,
+) {
     let c = heads * d;
     let stride = 3 * c;
     debug_assert_eq!(qkv.len(), b * s * stride);
     debug_assert_eq!(out.len(), b * s * c);
-    let per_head: Vec<Vec<f32>> = (0..b * heads)
-        .into_par_iter()
-        .map(|bh| {
-            let (bi, h) = (bh / heads, bh % heads);
-            let base = bi * s * stride + h * d;
-            let q = &qkv[base..];
-            let k = &qkv[base + c..];
-            let v = &qkv[base + 2 * c..];
-            let mut scores = vec![0f32; s * s];
-            // scores[i, j] = Σ_t q[i, t]·k[j, t]: kᵀ has row stride 1 and column stride 3c.
-            matmul_strided_cpu(
-                s,
-                s,
-                d,
-                q,
-                (stride, 1),
-                k,
-                (1, stride),
-                &mut scores,
-                Par::Serial,
-            );
-            for row in scores.chunks_mut(s) {
-                for x in row.iter_mut() {
-                    *x *= scale;
-                }
-                softmax_row(row);
-            }
-            let mut o = vec![0f32; s * d];
-            matmul_strided_cpu(
-                s,
-                d,
-                s,
-                &scores,
-                (s, 1),
-                v,
-                (stride, 1),
-                &mut o,
-                Par::Serial,
-            );
-            o
-        })
-        .collect();
+    if s == 0 || c == 0 {
+        return;
+    }
+    // One head: P into `p`, then O = P·V (s × d).
+    let head_out = |bh: usize, p: &mut [f32]| -> Vec<f32> {
+        let (bi, h) = (bh / heads, bh % heads);
+        let qkv_b = &qkv[bi * s * stride..(bi + 1) * s * stride];
+        head_probs(qkv_b, s, c, h, d, scale, p);
+        let mut o = vec![0f32; s * d];
+        let v = &qkv_b[2 * c + h * d..];
+        matmul_strided_cpu(s, d, s, p, (s, 1), v, (stride, 1), &mut o, Par::Serial);
+        o
+    };
+    let per_head: Vec<Vec<f32>> = match probs {
+        Some(probs) => {
+            debug_assert_eq!(probs.len(), b * heads * s * s);
+            probs
+                .par_chunks_mut(s * s)
+                .enumerate()
+                .map(|(bh, p)| head_out(bh, p))
+                .collect()
+        }
+        None => (0..b * heads)
+            .into_par_iter()
+            .map(|bh| head_out(bh, &mut vec![0f32; s * s]))
+            .collect(),
+    };
     for (bh, o) in per_head.iter().enumerate() {
         let (bi, h) = (bh / heads, bh % heads);
         for i in 0..s {
@@ -108,7 +152,7 @@ pub fn cross_attention_1q_cpu(
             let k = &kv[(bi * t + j) * 2 * inner + h * d..][..d];
             *pj = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
         }
-        softmax_row(&mut p);
+        softmax_row(&mut p, 1.0);
         o.fill(0.0);
         for (j, &pj) in p.iter().enumerate() {
             let v = &kv[(bi * t + j) * 2 * inner + inner + h * d..][..d];
@@ -120,17 +164,17 @@ pub fn cross_attention_1q_cpu(
 }
 
 /// `row[j] ← scale·p[j]·(row[j] − Σ_k p[k]·row[k])`: the softmax backward from `dp` (in `row`)
-/// to the gradient of the pre-scale scores, the inner sum in f64.
+/// to the gradient of the pre-scale scores, the inner sum in f64 (eight partial sums).
 fn softmax_bwd_row(p: &[f32], row: &mut [f32], scale: f32) {
-    let dot: f64 = p
-        .iter()
-        .zip(row.iter())
-        .map(|(&a, &b)| a as f64 * b as f64)
-        .sum();
-    let dot = dot as f32;
-    for (g, &pj) in row.iter_mut().zip(p) {
-        *g = scale * pj * (*g - dot);
-    }
+    simd(
+        #[inline(always)]
+        || {
+            let dot = dot_f32_in_f64(p, row) as f32;
+            for (g, &pj) in row.iter_mut().zip(p) {
+                *g = scale * pj * (*g - dot);
+            }
+        },
+    )
 }
 
 /// Backward of [`self_attention_packed_cpu`]: given `dout` `[b, s, h·d]`, writes `dqkv`
@@ -150,11 +194,45 @@ pub fn self_attention_packed_bwd_cpu(
     dout: &[f32],
     dqkv: &mut [f32],
 ) {
+    self_attention_bwd(qkv, None, b, s, heads, d, scale, dout, dqkv)
+}
+
+/// [`self_attention_packed_bwd_cpu`] with the probabilities kept by
+/// [`self_attention_packed_train_cpu`] instead of recomputed (the same values, so the same
+/// result).
+#[allow(clippy::too_many_arguments)]
+pub fn self_attention_packed_bwd_probs_cpu(
+    qkv: &[f32],
+    probs: &[f32],
+    b: usize,
+    s: usize,
+    heads: usize,
+    d: usize,
+    scale: f32,
+    dout: &[f32],
+    dqkv: &mut [f32],
+) {
+    self_attention_bwd(qkv, Some(probs), b, s, heads, d, scale, dout, dqkv)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn self_attention_bwd(
+    qkv: &[f32],
+    probs: Option<&[f32]>,
+    b: usize,
+    s: usize,
+    heads: usize,
+    d: usize,
+    scale: f32,
+    dout: &[f32],
+    dqkv: &mut [f32],
+) {
     let c = heads * d;
     let stride = 3 * c;
     debug_assert_eq!(qkv.len(), b * s * stride);
     debug_assert_eq!(dout.len(), b * s * c);
     debug_assert_eq!(dqkv.len(), b * s * stride);
+    debug_assert!(probs.is_none_or(|p| p.len() == b * heads * s * s));
     if s == 0 || c == 0 {
         // Nothing to differentiate (and no rows to chunk).
         return;
@@ -162,32 +240,24 @@ pub fn self_attention_packed_bwd_cpu(
     dqkv.par_chunks_mut(s * stride)
         .enumerate()
         .for_each(|(bi, dst)| {
+            let qkv_b = &qkv[bi * s * stride..(bi + 1) * s * stride];
             let per_head: Vec<Vec<f32>> = (0..heads)
                 .into_par_iter()
                 .map(|h| {
-                    let base = bi * s * stride + h * d;
-                    let q = &qkv[base..];
-                    let k = &qkv[base + c..];
-                    let v = &qkv[base + 2 * c..];
+                    let q = &qkv_b[h * d..];
+                    let k = &qkv_b[c + h * d..];
+                    let v = &qkv_b[2 * c + h * d..];
                     let dout_h = &dout[bi * s * c + h * d..];
-                    let mut p = vec![0f32; s * s];
-                    matmul_strided_cpu(
-                        s,
-                        s,
-                        d,
-                        q,
-                        (stride, 1),
-                        k,
-                        (1, stride),
-                        &mut p,
-                        Par::Serial,
-                    );
-                    for row in p.chunks_mut(s) {
-                        for x in row.iter_mut() {
-                            *x *= scale;
+                    let recomputed;
+                    let p = match probs {
+                        Some(probs) => &probs[(bi * heads + h) * s * s..][..s * s],
+                        None => {
+                            let mut p = vec![0f32; s * s];
+                            head_probs(qkv_b, s, c, h, d, scale, &mut p);
+                            recomputed = p;
+                            &recomputed[..]
                         }
-                        softmax_row(row);
-                    }
+                    };
                     // dP = dO·Vᵀ, then dS in place.
                     let mut ds = vec![0f32; s * s];
                     matmul_strided_cpu(
@@ -210,7 +280,7 @@ pub fn self_attention_packed_bwd_cpu(
                     let (gk, gv) = rest.split_at_mut(s * d);
                     matmul_strided_cpu(s, d, s, &ds, (s, 1), k, (stride, 1), gq, Par::Serial);
                     matmul_strided_cpu(s, d, s, &ds, (1, s), q, (stride, 1), gk, Par::Serial);
-                    matmul_strided_cpu(s, d, s, &p, (1, s), dout_h, (c, 1), gv, Par::Serial);
+                    matmul_strided_cpu(s, d, s, p, (1, s), dout_h, (c, 1), gv, Par::Serial);
                     g
                 })
                 .collect();
@@ -270,7 +340,7 @@ pub fn cross_attention_1q_bwd_cpu(
                     let dotf =
                         |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
                     let mut p: Vec<f32> = (0..t).map(|j| dotf(qh, key(j)) * scale).collect();
-                    softmax_row(&mut p);
+                    softmax_row(&mut p, 1.0);
                     let mut ds: Vec<f32> = (0..t).map(|j| dotf(doh, val(j))).collect();
                     softmax_bwd_row(&p, &mut ds, scale);
                     let mut g = vec![0f32; d + 2 * t * d];
@@ -476,6 +546,29 @@ mod tests {
             for e in &errs {
                 assert!(*e < 5e-6, "self_attention_bwd ({b},{s},{h},{d}): {errs:?}");
             }
+        }
+    }
+
+    #[test]
+    fn kept_probabilities_give_the_recomputed_results_bitwise() {
+        let mut rng = fd::Rng(0x9b);
+        let (b, s, h, d) = (3, 7, 2, 5);
+        let scale = (d as f32).powf(-0.5);
+        let qkv = rng.vec(b * s * 3 * h * d, 2.0);
+        let dout = rng.vec(b * s * h * d, 1.0);
+        let (mut out, mut out2) = (vec![0f32; b * s * h * d], vec![1f32; b * s * h * d]);
+        let mut probs = vec![0f32; b * h * s * s];
+        self_attention_packed_cpu(&qkv, b, s, h, d, scale, &mut out);
+        self_attention_packed_train_cpu(&qkv, b, s, h, d, scale, &mut out2, &mut probs);
+        let (mut g, mut g2) = (vec![0f32; qkv.len()], vec![1f32; qkv.len()]);
+        self_attention_packed_bwd_cpu(&qkv, b, s, h, d, scale, &dout, &mut g);
+        self_attention_packed_bwd_probs_cpu(&qkv, &probs, b, s, h, d, scale, &dout, &mut g2);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&out), bits(&out2));
+        assert_eq!(bits(&g), bits(&g2));
+        // Each row of P is a distribution.
+        for row in probs.chunks(s) {
+            assert!((row.iter().map(|&p| p as f64).sum::<f64>() - 1.0).abs() < 1e-6);
         }
     }
 

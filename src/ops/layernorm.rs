@@ -1,7 +1,7 @@
 //! LayerNorm over the last dimension: `y = (x − mean) / sqrt(var + eps) · γ + β`, biased variance
 //! (PyTorch `nn.LayerNorm`). Statistics in f64 on the CPU so the twin is a tight reference.
 
-use super::math::sum_f64;
+use super::math::{simd, sum_f64};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -17,14 +17,26 @@ pub fn layernorm_fwd_cpu(
 ) {
     debug_assert_eq!(x.len(), out.len());
     debug_assert!(gamma.len() == cols && beta.len() == cols);
-    out.par_chunks_mut(cols)
-        .zip(x.par_chunks(cols))
-        .for_each(|(o, r)| {
-            let (mean, inv) = row_stats(r, eps);
-            for ((o, &v), (&g, &b)) in o.iter_mut().zip(r).zip(gamma.iter().zip(beta)) {
-                *o = (((v as f64 - mean) * inv) as f32) * g + b;
-            }
+    // Tasks of 16 rows; each row's statistics and output are independent of the split.
+    const ROWS: usize = 16;
+    out.par_chunks_mut(ROWS * cols)
+        .zip(x.par_chunks(ROWS * cols))
+        .for_each(|(ob, xb)| {
+            simd(
+                #[inline(always)]
+                || fwd_rows(xb, gamma, beta, eps, cols, ob),
+            )
         });
+}
+
+#[inline(always)]
+fn fwd_rows(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, cols: usize, out: &mut [f32]) {
+    for (o, r) in out.chunks_mut(cols).zip(x.chunks(cols)) {
+        let (mean, inv) = row_stats(r, eps);
+        for ((o, &v), (&g, &b)) in o.iter_mut().zip(r).zip(gamma.iter().zip(beta)) {
+            *o = (((v as f64 - mean) * inv) as f32) * g + b;
+        }
+    }
 }
 
 /// A row's mean and 1/√(var + eps), two-pass in f64 (population variance, as PyTorch).
@@ -83,41 +95,10 @@ pub fn layernorm_bwd_cpu(
         .par_chunks_mut(block)
         .zip(x.par_chunks(block).zip(dy.par_chunks(block)))
         .map(|(dxb, (xb, dyb))| {
-            // [dgamma | dbeta] of this block of rows.
-            let mut part = vec![0f64; 2 * cols];
-            let mut xhat = vec![0f64; cols];
-            let n = cols as f64;
-            for ((dxr, xr), dyr) in dxb
-                .chunks_mut(cols)
-                .zip(xb.chunks(cols))
-                .zip(dyb.chunks(cols))
-            {
-                let (mean, inv) = row_stats(xr, eps);
-                let (pg, pb) = part.split_at_mut(cols);
-                for (((xh, &v), &d), (pg, pb)) in xhat
-                    .iter_mut()
-                    .zip(xr)
-                    .zip(dyr)
-                    .zip(pg.iter_mut().zip(pb.iter_mut()))
-                {
-                    *xh = (v as f64 - mean) * inv;
-                    *pg += d as f64 * *xh;
-                    *pb += d as f64;
-                }
-                // Σ_j g_j and Σ_j g_j·x̂_j with g = dy·γ, in eight partial sums each.
-                let (mut sg, mut sgx) = ([0f64; 8], [0f64; 8]);
-                for (j, ((&d, &gm), &xh)) in dyr.iter().zip(gamma).zip(xhat.iter()).enumerate() {
-                    let g = d as f64 * gm as f64;
-                    sg[j % 8] += g;
-                    sgx[j % 8] += g * xh;
-                }
-                let (mg, mgx) = (sg.iter().sum::<f64>() / n, sgx.iter().sum::<f64>() / n);
-                for (((dx, &d), &gm), &xh) in dxr.iter_mut().zip(dyr).zip(gamma).zip(xhat.iter()) {
-                    let g = d as f64 * gm as f64;
-                    *dx = (inv * (g - mg - xh * mgx)) as f32;
-                }
-            }
-            part
+            simd(
+                #[inline(always)]
+                || bwd_block(xb, dyb, gamma, eps, cols, dxb),
+            )
         })
         .collect();
     let mut total = vec![0f64; 2 * cols];
@@ -130,6 +111,54 @@ pub fn layernorm_bwd_cpu(
         dgamma[j] += total[j] as f32;
         dbeta[j] += total[cols + j] as f32;
     }
+}
+
+/// [`layernorm_bwd_cpu`] on one block of rows: writes the block's dx and returns its
+/// `[dgamma | dbeta]` partial sums.
+#[inline(always)]
+fn bwd_block(
+    xb: &[f32],
+    dyb: &[f32],
+    gamma: &[f32],
+    eps: f32,
+    cols: usize,
+    dxb: &mut [f32],
+) -> Vec<f64> {
+    // [dgamma | dbeta] of this block of rows.
+    let mut part = vec![0f64; 2 * cols];
+    let mut xhat = vec![0f64; cols];
+    let n = cols as f64;
+    for ((dxr, xr), dyr) in dxb
+        .chunks_mut(cols)
+        .zip(xb.chunks(cols))
+        .zip(dyb.chunks(cols))
+    {
+        let (mean, inv) = row_stats(xr, eps);
+        let (pg, pb) = part.split_at_mut(cols);
+        for (((xh, &v), &d), (pg, pb)) in xhat
+            .iter_mut()
+            .zip(xr)
+            .zip(dyr)
+            .zip(pg.iter_mut().zip(pb.iter_mut()))
+        {
+            *xh = (v as f64 - mean) * inv;
+            *pg += d as f64 * *xh;
+            *pb += d as f64;
+        }
+        // Σ_j g_j and Σ_j g_j·x̂_j with g = dy·γ, in eight partial sums each.
+        let (mut sg, mut sgx) = ([0f64; 8], [0f64; 8]);
+        for (j, ((&d, &gm), &xh)) in dyr.iter().zip(gamma).zip(xhat.iter()).enumerate() {
+            let g = d as f64 * gm as f64;
+            sg[j % 8] += g;
+            sgx[j % 8] += g * xh;
+        }
+        let (mg, mgx) = (sg.iter().sum::<f64>() / n, sgx.iter().sum::<f64>() / n);
+        for (((dx, &d), &gm), &xh) in dxr.iter_mut().zip(dyr).zip(gamma).zip(xhat.iter()) {
+            let g = d as f64 * gm as f64;
+            *dx = (inv * (g - mg - xh * mgx)) as f32;
+        }
+    }
+    part
 }
 
 #[cfg(test)]

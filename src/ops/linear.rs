@@ -2,7 +2,7 @@
 //! On the CPU the GEMM is the `gemm` crate's (multi-threaded, AVX-512/AVX2 kernels); bias and
 //! GELU are one extra pass over the output.
 
-use super::math::gelu_inplace;
+use super::math::{gelu_inplace, simd};
 use crate::error::{Error, Result};
 use crate::tensor::{fmt_shape, Tensor};
 use rayon::prelude::*;
@@ -72,9 +72,10 @@ pub fn matmul_acc_strided_cpu(
     gemm_call(m, n, k, a, sa, b, sb, c, sc, true, par)
 }
 
-/// `c = a · b` with `c` given by its strides too.
+/// `c = a · b` (overwritten) with `c` given by its strides too (`c` may be strided).
+/// The caller checks that every index `i·rs + j·cs` stays inside each slice.
 #[allow(clippy::too_many_arguments)]
-fn matmul_into(
+pub fn matmul_into(
     m: usize,
     n: usize,
     k: usize,
@@ -96,9 +97,9 @@ fn gemm_call(
     n: usize,
     k: usize,
     a: &[f32],
-    (a_rs, a_cs): Strides,
+    sa: Strides,
     b: &[f32],
-    (b_rs, b_cs): Strides,
+    sb: Strides,
     c: &mut [f32],
     (c_rs, c_cs): Strides,
     accumulate: bool,
@@ -108,7 +109,6 @@ fn gemm_call(
         return;
     }
     let last = |rs: usize, cs: usize, r: usize, cc: usize| (r - 1) * rs + (cc.max(1) - 1) * cs;
-    assert!(k == 0 || (last(a_rs, a_cs, m, k) < a.len() && last(b_rs, b_cs, k, n) < b.len()));
     assert!(last(c_rs, c_cs, m, n) < c.len());
     if k == 0 {
         if !accumulate {
@@ -120,31 +120,105 @@ fn gemm_call(
         }
         return;
     }
-    // SAFETY: the asserts above keep every access of the three operands in bounds; `c` is
-    // exclusively borrowed and does not alias `a` or `b`.
+    // SAFETY: `c` is an exclusively borrowed slice that holds every index `i·c_rs + j·c_cs`
+    // (asserted above) and does not alias `a` or `b`.
     unsafe {
-        gemm::gemm(
+        gemm_raw(
             m,
             n,
             k,
+            a,
+            sa,
+            b,
+            sb,
             c.as_mut_ptr(),
-            c_cs as isize,
-            c_rs as isize,
+            (c_rs, c_cs),
             accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            if accumulate { 1.0f32 } else { 0.0f32 },
-            1.0f32,
-            false,
-            false,
-            false,
-            parallelism(m * n * k, par),
-        );
+            par,
+        )
     }
+}
+
+/// The `gemm` crate's `dst := alpha·dst + beta·a·b` with `alpha = 1, beta = 1` when
+/// `accumulate` (dst read and added to) and `read_dst = false` otherwise: then the crate
+/// stores `a·b` into each of the `m × n` elements of `dst` without loading any of them.
+/// Asserts that `a` and `b` hold every index their strides reach; `k ≥ 1`.
+///
+/// # Safety
+/// `dst` must be valid for writes (and, with `accumulate`, reads of initialised values) at
+/// every `i·rs + j·cs` for `i < m`, `j < n`, and must not alias `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    (a_rs, a_cs): Strides,
+    b: &[f32],
+    (b_rs, b_cs): Strides,
+    dst: *mut f32,
+    (c_rs, c_cs): Strides,
+    accumulate: bool,
+    par: Par,
+) {
+    let last = |rs: usize, cs: usize, r: usize, cc: usize| (r - 1) * rs + (cc.max(1) - 1) * cs;
+    assert!(m > 0 && n > 0 && k > 0);
+    assert!(last(a_rs, a_cs, m, k) < a.len() && last(b_rs, b_cs, k, n) < b.len());
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        c_cs as isize,
+        c_rs as isize,
+        accumulate,
+        a.as_ptr(),
+        a_cs as isize,
+        a_rs as isize,
+        b.as_ptr(),
+        b_cs as isize,
+        b_rs as isize,
+        if accumulate { 1.0f32 } else { 0.0f32 },
+        1.0f32,
+        false,
+        false,
+        false,
+        parallelism(m * n * k, par),
+    );
+}
+
+/// `a · b` as a new `m × n` vector, row-major or (`column_major`) column-major. The GEMM
+/// stores every element, so the vector is not zero-filled first (a 3 MB output's memset cost
+/// as much as a tenth of its GEMM).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_new(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    sa: Strides,
+    b: &[f32],
+    sb: Strides,
+    column_major: bool,
+    par: Par,
+) -> Vec<f32> {
+    let len = m * n;
+    if len == 0 || k == 0 {
+        return vec![0f32; len];
+    }
+    let sc = if column_major { (1, m) } else { (n, 1) };
+    let mut c = Vec::<f32>::with_capacity(len);
+    // SAFETY: the capacity holds indices 0..m·n, exactly the set {i·rs + j·cs} of either
+    // layout, so every store is in bounds, and the fresh allocation aliases nothing. With
+    // `accumulate = false` the `gemm` crate reads no element of `dst` and stores all m·n of
+    // them (`dst := a·b`; its microkernels take the `alpha_status == 0` branch, which only
+    // writes), so after the call the first m·n elements are initialised and `set_len` is
+    // sound. `c.as_mut_ptr()` is taken once, after the allocation, and not invalidated.
+    unsafe {
+        gemm_raw(m, n, k, a, sa, b, sb, c.as_mut_ptr(), sc, false, par);
+        c.set_len(len);
+    }
+    c
 }
 
 /// Below this many rows the linear layer has the GEMM write its output column-major and
@@ -166,57 +240,106 @@ pub fn linear_cpu(
     y: &mut [f32],
 ) {
     let rows = x.len() / d_in.max(1);
-    let finish = |v: f32, o: usize| -> f32 {
-        match b {
-            Some(b) => v + b[o],
-            None => v,
-        }
-    };
     if rows < COLUMN_MAJOR_BELOW_ROWS && d_out > 1 {
-        // y column-major into a scratch buffer, then one pass: transpose + bias + activation.
-        let mut t = vec![0f32; rows * d_out];
-        matmul_into(
-            rows,
-            d_out,
-            d_in,
-            x,
-            (d_in, 1),
-            w,
-            (1, d_in),
-            &mut t,
-            (1, rows),
-            Par::Auto,
-        );
-        const R: usize = 16;
-        y.par_chunks_mut(R * d_out)
-            .enumerate()
-            .for_each(|(chunk, yc)| {
-                let r0 = chunk * R;
-                let nr = yc.len() / d_out;
-                for o in 0..d_out {
-                    let col = &t[o * rows + r0..o * rows + r0 + nr];
-                    for (r, &v) in col.iter().enumerate() {
-                        yc[r * d_out + o] = finish(v, o);
-                    }
-                }
-                if epi == Epilogue::Gelu {
-                    gelu_inplace(yc);
-                }
-            });
+        transposing_epilogue(&column_major_product(x, w, d_in, d_out), b, d_out, epi, y);
         return;
     }
     // x·Wᵀ: Wᵀ[k, j] = w[j·d_in + k], i.e. row stride 1, column stride d_in.
     matmul_strided_cpu(rows, d_out, d_in, x, (d_in, 1), w, (1, d_in), y, Par::Auto);
+    row_epilogue(y, b, d_out, epi);
+}
+
+/// [`linear_cpu`] into a new vector (`[rows, d_out]`), which the GEMM fills without a zero
+/// fill first when it writes the output row-major.
+pub fn linear_new(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    d_in: usize,
+    d_out: usize,
+    epi: Epilogue,
+) -> Vec<f32> {
+    let rows = x.len() / d_in.max(1);
+    if rows < COLUMN_MAJOR_BELOW_ROWS && d_out > 1 {
+        let mut y = vec![0f32; rows * d_out];
+        linear_cpu(x, w, b, d_in, d_out, epi, &mut y);
+        return y;
+    }
+    let mut y = matmul_new(
+        rows,
+        d_out,
+        d_in,
+        x,
+        (d_in, 1),
+        w,
+        (1, d_in),
+        false,
+        Par::Auto,
+    );
+    row_epilogue(&mut y, b, d_out, epi);
+    y
+}
+
+/// `x·Wᵀ` written column-major (`[d_out, rows]`), for the few-rows path.
+fn column_major_product(x: &[f32], w: &[f32], d_in: usize, d_out: usize) -> Vec<f32> {
+    let rows = x.len() / d_in.max(1);
+    matmul_new(
+        rows,
+        d_out,
+        d_in,
+        x,
+        (d_in, 1),
+        w,
+        (1, d_in),
+        true,
+        Par::Auto,
+    )
+}
+
+/// `y[r, o] = act(t[o, r] + b[o])` from the column-major product `t`: tasks of 16 rows of `y`.
+fn transposing_epilogue(t: &[f32], b: Option<&[f32]>, d_out: usize, epi: Epilogue, y: &mut [f32]) {
+    let rows = y.len() / d_out;
+    const R: usize = 16;
+    y.par_chunks_mut(R * d_out)
+        .enumerate()
+        .for_each(|(chunk, yc)| {
+            let r0 = chunk * R;
+            let nr = yc.len() / d_out;
+            for o in 0..d_out {
+                let col = &t[o * rows + r0..o * rows + r0 + nr];
+                let bias = b.map_or(0.0, |b| b[o]);
+                for (r, &v) in col.iter().enumerate() {
+                    yc[r * d_out + o] = if b.is_some() { v + bias } else { v };
+                }
+            }
+            if epi == Epilogue::Gelu {
+                gelu_inplace(yc);
+            }
+        });
+}
+
+/// Bias and activation in place on a row-major `y`, one task per block of 16 rows.
+fn row_epilogue(y: &mut [f32], b: Option<&[f32]>, d_out: usize, epi: Epilogue) {
     if b.is_none() && epi == Epilogue::None {
         return;
     }
-    y.par_chunks_mut(d_out).for_each(|row| {
-        for (o, v) in row.iter_mut().enumerate() {
-            *v = finish(*v, o);
-        }
-        if epi == Epilogue::Gelu {
-            gelu_inplace(row);
-        }
+    const ROWS: usize = 16;
+    y.par_chunks_mut(ROWS * d_out).for_each(|rows| {
+        simd(
+            #[inline(always)]
+            || {
+                for row in rows.chunks_mut(d_out) {
+                    if let Some(b) = b {
+                        for (v, &bo) in row.iter_mut().zip(b) {
+                            *v += bo;
+                        }
+                    }
+                    if epi == Epilogue::Gelu {
+                        gelu_inplace(row);
+                    }
+                }
+            },
+        )
     });
 }
 
@@ -292,6 +415,24 @@ pub fn linear_bwd_input_cpu(w: &[f32], dy: &[f32], d_in: usize, d_out: usize, dx
     );
 }
 
+/// [`linear_bwd_input_cpu`] into a new vector (`[rows, d_in]`), filled by the GEMM without a
+/// zero fill first.
+pub fn linear_bwd_input_new(w: &[f32], dy: &[f32], d_in: usize, d_out: usize) -> Vec<f32> {
+    let rows = dy.len() / d_out.max(1);
+    debug_assert_eq!(w.len(), d_out * d_in);
+    matmul_new(
+        rows,
+        d_in,
+        d_out,
+        dy,
+        (d_out, 1),
+        w,
+        (d_in, 1),
+        false,
+        Par::Auto,
+    )
+}
+
 /// The parameter gradients of the linear layer: `dw += dyᵀ·x`, `db += Σ_rows dy`.
 pub fn linear_bwd_params_cpu(
     x: &[f32],
@@ -335,16 +476,21 @@ pub fn column_sums_acc(m: &[f32], cols: usize, acc: &mut [f32]) {
     acc.par_chunks_mut(BLOCK)
         .enumerate()
         .for_each(|(blk, out)| {
-            let c0 = blk * BLOCK;
-            let mut sums = [0f64; BLOCK];
-            for row in m.chunks_exact(cols) {
-                for (s, &v) in sums.iter_mut().zip(&row[c0..c0 + out.len()]) {
-                    *s += v as f64;
-                }
-            }
-            for (o, s) in out.iter_mut().zip(sums) {
-                *o += s as f32;
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    let c0 = blk * BLOCK;
+                    let mut sums = [0f64; BLOCK];
+                    for row in m.chunks_exact(cols) {
+                        for (s, &v) in sums.iter_mut().zip(&row[c0..c0 + out.len()]) {
+                            *s += v as f64;
+                        }
+                    }
+                    for (o, s) in out.iter_mut().zip(sums) {
+                        *o += s as f32;
+                    }
+                },
+            )
         });
 }
 
@@ -379,6 +525,62 @@ mod tests {
                 assert!((y[r * d_out + o] - want).abs() < 1e-5);
             }
         }
+    }
+
+    #[test]
+    fn new_outputs_match_the_slice_forms_bitwise() {
+        let mut rng = fd::Rng(0x7e3);
+        // Small (single-threaded) and large enough for the threaded GEMM; a few rows (the
+        // column-major path of the linear layer) and many.
+        for &(rows, d_in, d_out) in &[(5, 7, 3), (40, 96, 130), (COLUMN_MAJOR_BELOW_ROWS, 64, 40)] {
+            let x = rng.vec(rows * d_in, 1.0);
+            let w = rng.vec(d_out * d_in, 1.0);
+            let b = rng.vec(d_out, 1.0);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            for epi in [Epilogue::None, Epilogue::Gelu] {
+                let mut y = vec![f32::NAN; rows * d_out];
+                linear_cpu(&x, &w, Some(&b), d_in, d_out, epi, &mut y);
+                assert_eq!(
+                    bits(&y),
+                    bits(&linear_new(&x, &w, Some(&b), d_in, d_out, epi))
+                );
+            }
+            let dy = rng.vec(rows * d_out, 1.0);
+            let mut dx = vec![f32::NAN; rows * d_in];
+            linear_bwd_input_cpu(&w, &dy, d_in, d_out, &mut dx);
+            assert_eq!(bits(&dx), bits(&linear_bwd_input_new(&w, &dy, d_in, d_out)));
+            // Column-major output: element (i, j) at j·m + i.
+            let cm = matmul_new(
+                rows,
+                d_out,
+                d_in,
+                &x,
+                (d_in, 1),
+                &w,
+                (1, d_in),
+                true,
+                Par::Auto,
+            );
+            let mut rm = vec![0f32; rows * d_out];
+            matmul_strided_cpu(
+                rows,
+                d_out,
+                d_in,
+                &x,
+                (d_in, 1),
+                &w,
+                (1, d_in),
+                &mut rm,
+                Par::Auto,
+            );
+            for i in 0..rows {
+                for j in 0..d_out {
+                    let (a, r) = (cm[j * rows + i] as f64, rm[i * d_out + j] as f64);
+                    assert!((a - r).abs() <= 1e-5 * (1.0 + r.abs()), "({i}, {j})");
+                }
+            }
+        }
+        assert!(matmul_new(3, 4, 0, &[], (0, 1), &[], (4, 1), false, Par::Auto) == [0.0; 12]);
     }
 
     /// `Σ r ∘ (x·Wᵀ + b)` in f64.

@@ -2,6 +2,41 @@
 //! and `map_inplace`, which compiles a slice loop for AVX-512 and AVX2+FMA as well as the
 //! baseline and picks one at run time.
 
+/// Runs `f` inlined into a clone of this function compiled for AVX-512 (or AVX2+FMA) when the
+/// CPU has it, so that the loops in `f` vectorise with the wide registers (the crate itself is
+/// built for baseline x86-64, i.e. SSE2). Call it inside each parallel task, around the task's
+/// loops, as an `#[inline(always)]` closure (a closure LLVM does not inline would run with the
+/// baseline features). The result does not depend on the clone: Rust never contracts `a·b + c` into an FMA
+/// nor reorders float sums, so every clone performs the same IEEE operations in the same order.
+#[inline(always)]
+pub fn simd<R, F: FnOnce() -> R>(f: F) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the clone was compiled for.
+            return unsafe { simd_avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { simd_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn simd_avx512<R, F: FnOnce() -> R>(f: F) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn simd_avx2<R, F: FnOnce() -> R>(f: F) -> R {
+    f()
+}
+
 /// Applies `f` to every element. `f` should be branch-free f32 arithmetic (the functions below
 /// are) so that the loop vectorises in each of the clones.
 #[inline]
@@ -98,6 +133,28 @@ pub fn sum_f64(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
     acc.iter().sum::<f64>() + tail.iter().map(|&v| f(v as f64)).sum::<f64>()
 }
 
+/// Σ a_i·b_i in f64 over two f32 slices of the same length (the shorter bounds the sum), in
+/// eight interleaved partial sums (as [`sum_f64`]).
+#[inline(always)]
+pub fn dot_f32_in_f64(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| x as f64 * y as f64)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((a, &p), &q) in acc.iter_mut().zip(x).zip(y) {
+            *a += p as f64 * q as f64;
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
 /// Σ a_i·b_i in f64 over two slices of the same length, in eight interleaved partial sums (as
 /// [`sum_f64`]).
 #[inline(always)]
@@ -119,23 +176,23 @@ pub fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// `y = GELU(x)` element-wise, split over the thread pool in fixed chunks (the result does not
-/// depend on the split).
-pub fn gelu_par(x: &[f32], y: &mut [f32]) {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 14;
-    debug_assert_eq!(x.len(), y.len());
-    y.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, p)| zip_map_inplace(o, p, |_, x| gelu(x)));
-}
-
 /// GELU with the exact error function (PyTorch's default `approximate='none'`):
 /// `x·Φ(x) = ½·x·erfc(−x/√2)`, in f32 with the erfc below (relative error ~1e-7 everywhere,
 /// also in the far negative tail where `1 + erf` would cancel).
 #[inline(always)]
 pub fn gelu(x: f32) -> f32 {
-    0.5 * x * erfc_f32(-x * std::f32::consts::FRAC_1_SQRT_2)
+    gelu_from_erfc(x, gelu_erfc(x))
+}
+
+/// `erfc(−x/√2) = 2·Φ(x)`, the term [`gelu`] and [`gelu_bwd`] share.
+#[inline(always)]
+fn gelu_erfc(x: f32) -> f32 {
+    erfc_f32(-x * std::f32::consts::FRAC_1_SQRT_2)
+}
+
+#[inline(always)]
+fn gelu_from_erfc(x: f32, e: f32) -> f32 {
+    0.5 * x * e
 }
 
 /// Derivative of the exact-erf GELU: `Φ(x) + x·φ(x)` with `φ(x) = e^{−x²/2}/√(2π)`, in f32
@@ -144,8 +201,82 @@ pub fn gelu(x: f32) -> f32 {
 /// [`exp_f32`] is clamped).
 #[inline(always)]
 pub fn gelu_bwd(x: f32) -> f32 {
+    gelu_bwd_from_erfc(x, gelu_erfc(x))
+}
+
+#[inline(always)]
+fn gelu_bwd_from_erfc(x: f32, e: f32) -> f32 {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
-    0.5 * erfc_f32(-x * std::f32::consts::FRAC_1_SQRT_2) + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x)
+    0.5 * e + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x)
+}
+
+/// GELU for training: `hid = GELU(x)` and, in place of `x`, the derivative `GELU'(x)` that the
+/// backward multiplies the incoming gradient by ([`mul_inplace_par`]). The erfc is evaluated
+/// once for both, and the values are those of [`gelu`] and [`gelu_bwd`] bit for bit. Split
+/// over the thread pool in fixed chunks (the result does not depend on the split).
+pub fn gelu_with_grad_par(x_then_grad: &mut [f32], hid: &mut [f32]) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    debug_assert_eq!(x_then_grad.len(), hid.len());
+    x_then_grad
+        .par_chunks_mut(CHUNK)
+        .zip(hid.par_chunks_mut(CHUNK))
+        .for_each(|(g, h)| {
+            zip_mut_map(g, h, |x, y| {
+                let e = gelu_erfc(*x);
+                *y = gelu_from_erfc(*x, e);
+                *x = gelu_bwd_from_erfc(*x, e);
+            })
+        });
+}
+
+/// `dy[i] *= g[i]`, split over the thread pool in fixed chunks (element-wise, so the split
+/// does not change the result). With `g` from [`gelu_with_grad_par`] this is the GELU backward
+/// ([`gelu_bwd_inplace`]) bit for bit.
+pub fn mul_inplace_par(g: &[f32], dy: &mut [f32]) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 15;
+    debug_assert_eq!(g.len(), dy.len());
+    dy.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .for_each(|(d, g)| zip_map_inplace(d, g, |d, g| d * g));
+}
+
+/// `f(&mut v[i], &mut w[i])` over two mutable slices, compiled like [`map_inplace`].
+#[inline]
+fn zip_mut_map<F: Fn(&mut f32, &mut f32) + Copy>(v: &mut [f32], w: &mut [f32], f: F) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the clone was compiled for.
+            return unsafe { zip_mut_map_avx512(v, w, f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { zip_mut_map_avx2(v, w, f) };
+        }
+    }
+    zip_mut_map_generic(v, w, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn zip_mut_map_avx512<F: Fn(&mut f32, &mut f32) + Copy>(v: &mut [f32], w: &mut [f32], f: F) {
+    zip_mut_map_generic(v, w, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn zip_mut_map_avx2<F: Fn(&mut f32, &mut f32) + Copy>(v: &mut [f32], w: &mut [f32], f: F) {
+    zip_mut_map_generic(v, w, f)
+}
+
+#[inline(always)]
+fn zip_mut_map_generic<F: Fn(&mut f32, &mut f32) + Copy>(v: &mut [f32], w: &mut [f32], f: F) {
+    for (x, y) in v.iter_mut().zip(w.iter_mut()) {
+        f(x, y);
+    }
 }
 
 /// Backward of GELU: `dy[i] *= gelu'(pre[i])` with `pre` the GELU's input. Element-wise, so
@@ -284,6 +415,10 @@ mod tests {
             let want_dot: f64 = a.iter().zip(&b).map(|(p, q)| p * q).sum();
             assert!((sum_f64(&x, |v| v * v) - want_sq).abs() <= 1e-12 * (1.0 + want_sq.abs()));
             assert!((dot_f64(&a, &b) - want_dot).abs() <= 1e-12 * (1.0 + want_dot.abs()));
+            let y: Vec<f32> = x.iter().rev().map(|&v| v - 0.2).collect();
+            let want_dot32: f64 = x.iter().zip(&y).map(|(&p, &q)| p as f64 * q as f64).sum();
+            let got = dot_f32_in_f64(&x, &y);
+            assert!((got - want_dot32).abs() <= 1e-12 * (1.0 + want_dot32.abs()));
         }
     }
 
@@ -386,6 +521,29 @@ mod tests {
         for (i, &x) in xs.iter().enumerate() {
             assert!((gelu_bwd(x) * r[i] - got[i]).abs() <= 1e-6 * r[i].abs());
         }
+    }
+
+    #[test]
+    fn gelu_with_grad_matches_gelu_and_gelu_bwd_bitwise() {
+        // Across both tails (erfc clamps, the exp underflows) and around 0.
+        let xs: Vec<f32> = (0..40_001)
+            .map(|i| (i as f32 - 20_000.0) * 1.7e-3)
+            .collect();
+        let mut g = xs.clone();
+        let mut hid = vec![f32::NAN; xs.len()];
+        gelu_with_grad_par(&mut g, &mut hid);
+        let mut dy: Vec<f32> = xs.iter().map(|x| 0.3 - x).collect();
+        let mut want_dy = dy.clone();
+        mul_inplace_par(&g, &mut dy);
+        gelu_bwd_inplace(&xs, &mut want_dy);
+        for (i, &x) in xs.iter().enumerate() {
+            assert_eq!(hid[i].to_bits(), gelu(x).to_bits(), "gelu({x})");
+            assert_eq!(g[i].to_bits(), gelu_bwd(x).to_bits(), "gelu_bwd({x})");
+        }
+        assert!(dy
+            .iter()
+            .zip(&want_dy)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 
     #[test]

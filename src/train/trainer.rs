@@ -197,12 +197,11 @@ impl Trainer {
         } = if self.gpu.is_some() {
             self.step_gpu(batch, &opts)?
         } else {
-            let out = train_step(
-                &self.model,
-                self.disc.as_ref().map(|(d, _)| d),
-                batch,
-                &opts,
-            )?;
+            // The step runs on a thread of the pool: its many parallel loops then fork from a
+            // worker (the other workers steal halves) instead of each being injected from this
+            // thread, which would sleep until the pool is done.
+            let disc = self.disc.as_ref().map(|(d, _)| d);
+            let out = rayon::scope(|_| train_step(&self.model, disc, batch, &opts))?;
             let skipped = !(out.total.is_finite() && finite(&out.grads) && disc_finite(&out.disc));
             if !skipped {
                 self.opt.update(
