@@ -22,7 +22,7 @@ const HELP: &str = "\
 train: fine-tune HaMeR + an uncertainty head with hand-written backward passes (CPU or GPU)
 
 USAGE (the demo: no arguments, or only these flags):
-  train [--demo] [--steps 3400] [--batch-size 32] [--out demo] [--device auto|cpu|cuda]
+  train [--demo] [--steps 4100] [--batch-size 32] [--out demo] [--device auto|cpu|cuda]
         [--synth-train 12000] [--synth-test 600] [--cache DIR] [--lr 3e-4] [--pictures 8]
         [--seed 1] [--threads N]
       Generates (once, cached under $HANDCOV_CACHE or ~/.cache/handcov) a synthetic set of

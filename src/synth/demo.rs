@@ -44,9 +44,9 @@ pub struct DemoOptions {
     pub cache: Option<PathBuf>,
     /// Results, pictures and the trained weights.
     pub out: PathBuf,
-    /// Training steps. The default fills about five and a half minutes of a 2-core CPU (330
-    /// images/s); PA-MPJPE falls slowly with it (held-out, default set: 17.9 mm at 800 steps,
-    /// 16.6 at 2600, 15.4 at 8000, against 20.6 for the mean pose).
+    /// Training steps. The default fills about five and three-quarter minutes of a 2-core CPU
+    /// (380 images/s); PA-MPJPE falls slowly with it (held-out, default set: 17.9 mm at 800
+    /// steps, 16.6 at 2600, 16.1 at 4100, 15.4 at 8000, against 20.6 for the mean pose).
     pub steps: u64,
     pub batch_size: usize,
     /// Peak learning rate (linear warm-up, then cosine decay to 5 %). The default was measured
@@ -66,7 +66,7 @@ impl Default for DemoOptions {
             synth: SynthConfig::default(),
             cache: None,
             out: PathBuf::from("demo"),
-            steps: 3400,
+            steps: 4100,
             batch_size: 32,
             lr: 3e-4,
             device: DeviceChoice::Auto,
