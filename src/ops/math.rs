@@ -242,34 +242,13 @@ pub fn mul_inplace_par(g: &[f32], dy: &mut [f32]) {
         .for_each(|(d, g)| zip_map_inplace(d, g, |d, g| d * g));
 }
 
-/// `f(&mut v[i], &mut w[i])` over two mutable slices, compiled like [`map_inplace`].
+/// `f(&mut v[i], &mut w[i])` over two mutable slices, in the widest build [`simd`] has.
 #[inline]
 fn zip_mut_map<F: Fn(&mut f32, &mut f32) + Copy>(v: &mut [f32], w: &mut [f32], f: F) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports the features the clone was compiled for.
-            return unsafe { zip_mut_map_avx512(v, w, f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { zip_mut_map_avx2(v, w, f) };
-        }
-    }
-    zip_mut_map_generic(v, w, f)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn zip_mut_map_avx512<F: Fn(&mut f32, &mut f32) + Copy>(v: &mut [f32], w: &mut [f32], f: F) {
-    zip_mut_map_generic(v, w, f)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn zip_mut_map_avx2<F: Fn(&mut f32, &mut f32) + Copy>(v: &mut [f32], w: &mut [f32], f: F) {
-    zip_mut_map_generic(v, w, f)
+    simd(
+        #[inline(always)]
+        || zip_mut_map_generic(v, w, f),
+    )
 }
 
 #[inline(always)]
