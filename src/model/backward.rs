@@ -13,12 +13,13 @@ use crate::ops::attention::{
     self_attention_packed_train_cpu,
 };
 use crate::ops::drop_path::scale_rows;
-use crate::ops::layernorm::{layernorm_bwd_cpu, layernorm_fwd_cpu};
+use crate::ops::layernorm::{layernorm_bwd_acc_cpu, layernorm_bwd_cpu, layernorm_fwd_cpu};
 use crate::ops::linear::{
     linear_bwd_cpu, linear_bwd_input_new, linear_bwd_params_cpu, linear_cpu, linear_new, Epilogue,
 };
-use crate::ops::math::{gelu_with_grad_par, mul_inplace_par};
+use crate::ops::math::{add_inplace_par, gelu_with_grad_par, mul_inplace_par};
 use crate::ops::patch_embed::{im2col, patch_embed_bwd_cols_cpu, patch_embed_cols_cpu};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Parameter gradients by state-dict name (f32, the parameter's shape flattened).
@@ -95,28 +96,62 @@ fn ln_bwd(
     g: &mut Grads,
 ) -> Vec<f32> {
     let mut dx = vec![0f32; x.len()];
-    let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
-    let mut dg = g.take(&wn, cols);
-    let mut dbt = g.take(&bn, cols);
-    layernorm_bwd_cpu(
-        x,
-        ln.weight.data(),
-        ln.eps,
-        cols,
-        dy,
-        &mut dx,
-        &mut dg,
-        &mut dbt,
-    );
-    g.put(&wn, dg);
-    g.put(&bn, dbt);
+    ln_bwd_into(ln, name, x, dy, cols, g, &mut dx, false);
     dx
 }
 
+/// Backward of the LayerNorm at the head of a residual branch: adds its input gradient into
+/// the residual stream's `dx` (the same bits as [`ln_bwd`] then [`add`]).
+fn ln_bwd_add(
+    ln: &LayerNorm,
+    name: &str,
+    x: &[f32],
+    dy: &[f32],
+    cols: usize,
+    g: &mut Grads,
+    dx: &mut [f32],
+) {
+    ln_bwd_into(ln, name, x, dy, cols, g, dx, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ln_bwd_into(
+    ln: &LayerNorm,
+    name: &str,
+    x: &[f32],
+    dy: &[f32],
+    cols: usize,
+    g: &mut Grads,
+    dx: &mut [f32],
+    accumulate: bool,
+) {
+    let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
+    let mut dg = g.take(&wn, cols);
+    let mut dbt = g.take(&bn, cols);
+    let bwd = if accumulate {
+        layernorm_bwd_acc_cpu
+    } else {
+        layernorm_bwd_cpu
+    };
+    bwd(x, ln.weight.data(), ln.eps, cols, dy, dx, &mut dg, &mut dbt);
+    g.put(&wn, dg);
+    g.put(&bn, dbt);
+}
+
+/// `a += b`, the residual add (over the thread pool, see [`add_inplace_par`]).
 fn add(a: &mut [f32], b: &[f32]) {
-    for (x, y) in a.iter_mut().zip(b) {
-        *x += y;
+    add_inplace_par(a, b)
+}
+
+/// The gradient reaching a drop-path branch: `dx` scaled per sample, or `dx` itself when every
+/// scale is 1 (drop-path off; multiplying by 1 would change no bit).
+fn drop_path_grad<'a>(dx: &'a [f32], per_sample: usize, dp: &[f32]) -> Cow<'a, [f32]> {
+    if dp.iter().all(|&s| s == 1.0) {
+        return Cow::Borrowed(dx);
     }
+    let mut d = dx.to_vec();
+    scale_rows(&mut d, per_sample, dp);
+    Cow::Owned(d)
 }
 
 /// What one ViT block keeps for its backward.
@@ -145,10 +180,13 @@ pub struct VitActs {
 }
 
 impl Block {
-    fn forward_train(&self, x: &mut [f32], b: usize, s: usize, dp: [Vec<f32>; 2]) -> BlockActs {
+    /// `x` is the block's input on entry and its output on exit. The input and the
+    /// intermediate residual stream are kept by moving them into the activations: each residual
+    /// add writes into the fresh branch output (`branch + x`, the same bits as `x + branch`).
+    fn forward_train(&self, x: &mut Vec<f32>, b: usize, s: usize, dp: [Vec<f32>; 2]) -> BlockActs {
         let c = x.len() / (b * s);
-        let x0 = x.to_vec();
-        let h1 = ln_fwd(&self.norm1, x, c);
+        let x0 = std::mem::take(x);
+        let h1 = ln_fwd(&self.norm1, &x0, c);
         let qkv = lin_fwd(&self.attn.qkv, &h1);
         let heads = self.attn.num_heads;
         let d = c / heads;
@@ -156,17 +194,17 @@ impl Block {
         let mut probs = vec![0f32; b * heads * s * s];
         let scale = (d as f32).powf(-0.5);
         self_attention_packed_train_cpu(&qkv, b, s, heads, d, scale, &mut att, &mut probs);
-        let mut branch = lin_fwd(&self.attn.proj, &att);
-        scale_rows(&mut branch, s * c, &dp[0]);
-        add(x, &branch);
-        let x1 = x.to_vec();
-        let h2 = ln_fwd(&self.norm2, x, c);
+        let mut x1 = lin_fwd(&self.attn.proj, &att);
+        scale_rows(&mut x1, s * c, &dp[0]);
+        add(&mut x1, &x0);
+        let h2 = ln_fwd(&self.norm2, &x1, c);
         let mut dgelu = lin_fwd(&self.mlp.fc1, &h2);
         let mut hid = vec![0f32; dgelu.len()];
         gelu_with_grad_par(&mut dgelu, &mut hid);
-        let mut branch = lin_fwd(&self.mlp.fc2, &hid);
-        scale_rows(&mut branch, s * c, &dp[1]);
-        add(x, &branch);
+        let mut out = lin_fwd(&self.mlp.fc2, &hid);
+        scale_rows(&mut out, s * c, &dp[1]);
+        add(&mut out, &x1);
+        *x = out;
         BlockActs {
             x0,
             h1,
@@ -192,8 +230,7 @@ impl Block {
         g: &mut Grads,
     ) {
         let c = dx.len() / (b * s);
-        let mut d_branch = dx.to_vec();
-        scale_rows(&mut d_branch, s * c, &a.dp[1]);
+        let d_branch = drop_path_grad(dx, s * c, &a.dp[1]);
         let mut d_hid = lin_bwd(
             &self.mlp.fc2,
             &format!("{name}.mlp.fc2"),
@@ -201,14 +238,19 @@ impl Block {
             &d_branch,
             g,
         );
+        drop(d_branch);
         mul_inplace_par(&a.dgelu, &mut d_hid);
         let d_h2 = lin_bwd(&self.mlp.fc1, &format!("{name}.mlp.fc1"), &a.h2, &d_hid, g);
-        add(
+        ln_bwd_add(
+            &self.norm2,
+            &format!("{name}.norm2"),
+            &a.x1,
+            &d_h2,
+            c,
+            g,
             dx,
-            &ln_bwd(&self.norm2, &format!("{name}.norm2"), &a.x1, &d_h2, c, g),
         );
-        let mut d_branch = dx.to_vec();
-        scale_rows(&mut d_branch, s * c, &a.dp[0]);
+        let d_branch = drop_path_grad(dx, s * c, &a.dp[0]);
         let d_att = lin_bwd(
             &self.attn.proj,
             &format!("{name}.attn.proj"),
@@ -216,6 +258,7 @@ impl Block {
             &d_branch,
             g,
         );
+        drop(d_branch);
         let heads = self.attn.num_heads;
         let d = c / heads;
         let mut d_qkv = vec![0f32; a.qkv.len()];
@@ -237,9 +280,14 @@ impl Block {
             &d_qkv,
             g,
         );
-        add(
+        ln_bwd_add(
+            &self.norm1,
+            &format!("{name}.norm1"),
+            &a.x0,
+            &d_h1,
+            c,
+            g,
             dx,
-            &ln_bwd(&self.norm1, &format!("{name}.norm1"), &a.x0, &d_h1, c, g),
         );
     }
 }
@@ -435,16 +483,14 @@ impl TransformerDecoder {
             let mut d_hid = lin_bwd(&l.ff.net3, &format!("{p}.2.fn.net.3"), &acts.hid, &dx, g);
             mul_inplace_par(&acts.dgelu, &mut d_hid);
             let d_hc = lin_bwd(&l.ff.net0, &format!("{p}.2.fn.net.0"), &acts.hc, &d_hid, g);
-            add(
+            ln_bwd_add(
+                &l.ff.norm,
+                &format!("{p}.2.norm"),
+                &acts.x2,
+                &d_hc,
+                self.dim,
+                g,
                 &mut dx,
-                &ln_bwd(
-                    &l.ff.norm,
-                    &format!("{p}.2.norm"),
-                    &acts.x2,
-                    &d_hc,
-                    self.dim,
-                    g,
-                ),
             );
             // Cross-attention branch.
             let d_att = lin_bwd(
@@ -485,16 +531,14 @@ impl TransformerDecoder {
                 &dq,
                 g,
             );
-            add(
+            ln_bwd_add(
+                &l.cross_attn.norm,
+                &format!("{p}.1.norm"),
+                &acts.x1,
+                &d_hb,
+                self.dim,
+                g,
                 &mut dx,
-                &ln_bwd(
-                    &l.cross_attn.norm,
-                    &format!("{p}.1.norm"),
-                    &acts.x1,
-                    &d_hb,
-                    self.dim,
-                    g,
-                ),
             );
             // Self-attention over one token: only the value rows of to_qkv get a gradient (the
             // softmax over one key is constant, so q and k rows get exactly zero).
@@ -518,16 +562,14 @@ impl TransformerDecoder {
                 &mut full[2 * inner * self.dim..],
                 None,
             );
-            add(
+            ln_bwd_add(
+                &l.self_attn.norm,
+                &format!("{p}.0.norm"),
+                &acts.x0,
+                &d_ha,
+                self.dim,
+                g,
                 &mut dx,
-                &ln_bwd(
-                    &l.self_attn.norm,
-                    &format!("{p}.0.norm"),
-                    &acts.x0,
-                    &d_ha,
-                    self.dim,
-                    g,
-                ),
             );
         }
         // The query token: to_token_embedding(0) + pos_embedding → bias and pos get Σ_b dx;

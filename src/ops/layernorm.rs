@@ -85,6 +85,38 @@ pub fn layernorm_bwd_cpu(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
+    bwd::<false>(x, gamma, eps, cols, dy, dx, dgamma, dbeta)
+}
+
+/// [`layernorm_bwd_cpu`] adding the input gradient into `dx` (`dx += …`, the residual
+/// branch's backward) instead of overwriting it: the same bits as overwriting a scratch and
+/// adding it to `dx` afterwards, in one pass and without the scratch.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_bwd_acc_cpu(
+    x: &[f32],
+    gamma: &[f32],
+    eps: f32,
+    cols: usize,
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    bwd::<true>(x, gamma, eps, cols, dy, dx, dgamma, dbeta)
+}
+
+/// The backward for both entry points: `ACC` adds into `dx` rather than overwriting it.
+#[allow(clippy::too_many_arguments)]
+fn bwd<const ACC: bool>(
+    x: &[f32],
+    gamma: &[f32],
+    eps: f32,
+    cols: usize,
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
     debug_assert!(x.len() == dy.len() && x.len() == dx.len());
     debug_assert!(gamma.len() == cols && dgamma.len() == cols && dbeta.len() == cols);
     if cols == 0 {
@@ -97,7 +129,7 @@ pub fn layernorm_bwd_cpu(
         .map(|(dxb, (xb, dyb))| {
             simd(
                 #[inline(always)]
-                || bwd_block(xb, dyb, gamma, eps, cols, dxb),
+                || bwd_block::<ACC>(xb, dyb, gamma, eps, cols, dxb),
             )
         })
         .collect();
@@ -116,7 +148,7 @@ pub fn layernorm_bwd_cpu(
 /// [`layernorm_bwd_cpu`] on one block of rows: writes the block's dx and returns its
 /// `[dgamma | dbeta]` partial sums.
 #[inline(always)]
-fn bwd_block(
+fn bwd_block<const ACC: bool>(
     xb: &[f32],
     dyb: &[f32],
     gamma: &[f32],
@@ -155,7 +187,8 @@ fn bwd_block(
         let (mg, mgx) = (sg.iter().sum::<f64>() / n, sgx.iter().sum::<f64>() / n);
         for (((dx, &d), &gm), &xh) in dxr.iter_mut().zip(dyr).zip(gamma).zip(xhat.iter()) {
             let g = d as f64 * gm as f64;
-            *dx = (inv * (g - mg - xh * mgx)) as f32;
+            let v = (inv * (g - mg - xh * mgx)) as f32;
+            *dx = if ACC { *dx + v } else { v };
         }
     }
     part
@@ -253,5 +286,29 @@ mod tests {
             })
         };
         assert!(run(1) == run(3));
+    }
+
+    #[test]
+    fn layernorm_bwd_acc_matches_overwrite_then_add_bitwise() {
+        let (rows, cols) = (70, 40);
+        let mut rng = fd::Rng(0x3c);
+        let (x, gamma, dy) = (
+            rng.vec(rows * cols, 1.0),
+            rng.vec(cols, 1.0),
+            rng.vec(rows * cols, 1.0),
+        );
+        let resid = rng.vec(rows * cols, 1.0);
+        let (mut dg, mut db) = (vec![0f32; cols], vec![0f32; cols]);
+        let mut want = vec![0f32; rows * cols];
+        layernorm_bwd_cpu(&x, &gamma, 1e-6, cols, &dy, &mut want, &mut dg, &mut db);
+        for (w, r) in want.iter_mut().zip(&resid) {
+            *w = r + *w;
+        }
+        let (mut dg2, mut db2) = (vec![0f32; cols], vec![0f32; cols]);
+        let mut got = resid.clone();
+        layernorm_bwd_acc_cpu(&x, &gamma, 1e-6, cols, &dy, &mut got, &mut dg2, &mut db2);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want));
+        assert_eq!((bits(&dg2), bits(&db2)), (bits(&dg), bits(&db)));
     }
 }

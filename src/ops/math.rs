@@ -242,6 +242,18 @@ pub fn mul_inplace_par(g: &[f32], dy: &mut [f32]) {
         .for_each(|(d, g)| zip_map_inplace(d, g, |d, g| d * g));
 }
 
+/// `dst[i] += src[i]` (the residual add), split over the thread pool in fixed chunks
+/// (element-wise, so the split does not change the result), each chunk in the widest build
+/// [`simd`] has.
+pub fn add_inplace_par(dst: &mut [f32], src: &[f32]) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 15;
+    debug_assert_eq!(dst.len(), src.len());
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| zip_map_inplace(d, s, |d, s| d + s));
+}
+
 /// `f(&mut v[i], &mut w[i])` over two mutable slices, in the widest build [`simd`] has.
 #[inline]
 fn zip_mut_map<F: Fn(&mut f32, &mut f32) + Copy>(v: &mut [f32], w: &mut [f32], f: F) {
