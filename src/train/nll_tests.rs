@@ -464,3 +464,32 @@ fn f32_inputs_give_f32_rounded_results() {
     assert_eq!(f(&dm), dm32);
     assert_eq!(f(&ds), ds32);
 }
+
+#[test]
+fn exact_nll_products_match_the_indexed_loops_bitwise() {
+    let gm = randn_vec(0x51, DIM * DIM);
+    let wf = randn_vec(0x52, DIM * DIM);
+    let mut want = vec![0f64; DIM * DIM];
+    for i in 0..DIM {
+        for k in 0..DIM {
+            for d in 0..DIM {
+                want[i * DIM + d] += gm[i * DIM + k] * wf[k * DIM + d];
+            }
+        }
+    }
+    let mut gw = vec![0f64; DIM * DIM];
+    simd(|| gw_product(&gm, &wf, &mut gw));
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&gw), bits(&want));
+    let want: Vec<f64> = (0..DIM)
+        .map(|d| (0..DIM).map(|i| wf[i * DIM + d] * gw[i * DIM + d]).sum())
+        .collect();
+    assert_eq!(bits(&simd(|| column_dots(&wf, &gw))), bits(&want));
+    // The sum starts from −0.0 as `Iterator::sum` does: all −0.0 terms give −0.0.
+    let neg = vec![-0.0f64; DIM * DIM];
+    let want: f64 = (0..DIM).map(|i| neg[i * DIM] * 1.0).sum();
+    assert_eq!(
+        column_dots(&neg, &vec![1.0; DIM * DIM])[0].to_bits(),
+        want.to_bits()
+    );
+}
