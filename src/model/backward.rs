@@ -199,8 +199,7 @@ impl Block {
         add(&mut x1, &x0);
         let h2 = ln_fwd(&self.norm2, &x1, c);
         let mut dgelu = lin_fwd(&self.mlp.fc1, &h2);
-        let mut hid = vec![0f32; dgelu.len()];
-        gelu_with_grad_par(&mut dgelu, &mut hid);
+        let hid = gelu_with_grad_par(&mut dgelu);
         let mut out = lin_fwd(&self.mlp.fc2, &hid);
         scale_rows(&mut out, s * c, &dp[1]);
         add(&mut out, &x1);
@@ -441,8 +440,7 @@ impl TransformerDecoder {
             let x2 = x.clone();
             let hc = ln_fwd(&l.ff.norm, &x, self.dim);
             let mut dgelu = lin_fwd(&l.ff.net0, &hc);
-            let mut hid = vec![0f32; dgelu.len()];
-            gelu_with_grad_par(&mut dgelu, &mut hid);
+            let hid = gelu_with_grad_par(&mut dgelu);
             add(&mut x, &lin_fwd(&l.ff.net3, &hid));
             layers.push(DecLayerActs {
                 x0,

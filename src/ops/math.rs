@@ -210,24 +210,39 @@ fn gelu_bwd_from_erfc(x: f32, e: f32) -> f32 {
     0.5 * e + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x)
 }
 
-/// GELU for training: `hid = GELU(x)` and, in place of `x`, the derivative `GELU'(x)` that the
-/// backward multiplies the incoming gradient by ([`mul_inplace_par`]). The erfc is evaluated
-/// once for both, and the values are those of [`gelu`] and [`gelu_bwd`] bit for bit. Split
-/// over the thread pool in fixed chunks (the result does not depend on the split).
-pub fn gelu_with_grad_par(x_then_grad: &mut [f32], hid: &mut [f32]) {
+/// GELU for training: returns `hid = GELU(x)` and leaves, in place of `x`, the derivative
+/// `GELU'(x)` that the backward multiplies the incoming gradient by ([`mul_inplace_par`]). The
+/// erfc is evaluated once for both, and the values are those of [`gelu`] and [`gelu_bwd`] bit
+/// for bit. Split over the thread pool in fixed chunks (the result does not depend on the
+/// split), each chunk in the widest build [`simd`] has. `hid` is written straight into fresh
+/// capacity, without a zero fill first.
+pub fn gelu_with_grad_par(x_then_grad: &mut [f32]) -> Vec<f32> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 14;
-    debug_assert_eq!(x_then_grad.len(), hid.len());
+    let n = x_then_grad.len();
+    let mut hid = Vec::<f32>::with_capacity(n);
+    let spare = &mut hid.spare_capacity_mut()[..n];
     x_then_grad
         .par_chunks_mut(CHUNK)
-        .zip(hid.par_chunks_mut(CHUNK))
+        .zip(spare.par_chunks_mut(CHUNK))
         .for_each(|(g, h)| {
-            zip_mut_map(g, h, |x, y| {
-                let e = gelu_erfc(*x);
-                *y = gelu_from_erfc(*x, e);
-                *x = gelu_bwd_from_erfc(*x, e);
-            })
+            simd(
+                #[inline(always)]
+                || {
+                    for (x, y) in g.iter_mut().zip(h.iter_mut()) {
+                        let e = gelu_erfc(*x);
+                        y.write(gelu_from_erfc(*x, e));
+                        *x = gelu_bwd_from_erfc(*x, e);
+                    }
+                },
+            )
         });
+    // SAFETY: `spare` is the first `n` slots of the capacity (the slicing above checks
+    // `n <= capacity`). Both sides are cut into CHUNK-sized pieces from equal lengths `n`, so
+    // the zip pairs every piece of `spare` with one of `x_then_grad` of the same length, and
+    // the inner zip writes each of its slots once: all of slots 0..n are initialised.
+    unsafe { hid.set_len(n) };
+    hid
 }
 
 /// `dy[i] *= g[i]`, split over the thread pool in fixed chunks (element-wise, so the split
@@ -252,22 +267,6 @@ pub fn add_inplace_par(dst: &mut [f32], src: &[f32]) {
     dst.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))
         .for_each(|(d, s)| zip_map_inplace(d, s, |d, s| d + s));
-}
-
-/// `f(&mut v[i], &mut w[i])` over two mutable slices, in the widest build [`simd`] has.
-#[inline]
-fn zip_mut_map<F: Fn(&mut f32, &mut f32) + Copy>(v: &mut [f32], w: &mut [f32], f: F) {
-    simd(
-        #[inline(always)]
-        || zip_mut_map_generic(v, w, f),
-    )
-}
-
-#[inline(always)]
-fn zip_mut_map_generic<F: Fn(&mut f32, &mut f32) + Copy>(v: &mut [f32], w: &mut [f32], f: F) {
-    for (x, y) in v.iter_mut().zip(w.iter_mut()) {
-        f(x, y);
-    }
 }
 
 /// Backward of GELU: `dy[i] *= gelu'(pre[i])` with `pre` the GELU's input. Element-wise, so
@@ -521,8 +520,7 @@ mod tests {
             .map(|i| (i as f32 - 20_000.0) * 1.7e-3)
             .collect();
         let mut g = xs.clone();
-        let mut hid = vec![f32::NAN; xs.len()];
-        gelu_with_grad_par(&mut g, &mut hid);
+        let hid = gelu_with_grad_par(&mut g);
         let mut dy: Vec<f32> = xs.iter().map(|x| 0.3 - x).collect();
         let mut want_dy = dy.clone();
         mul_inplace_par(&g, &mut dy);
