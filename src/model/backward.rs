@@ -15,7 +15,8 @@ use crate::ops::attention::{
 use crate::ops::drop_path::scale_rows;
 use crate::ops::layernorm::{layernorm_bwd_acc_cpu, layernorm_bwd_cpu, layernorm_fwd_cpu};
 use crate::ops::linear::{
-    linear_bwd_cpu, linear_bwd_input_new, linear_bwd_params_cpu, linear_cpu, linear_new, Epilogue,
+    column_sums_acc, linear_bwd_cpu, linear_bwd_input_new, linear_bwd_params_cpu,
+    linear_bwd_weight_new, linear_cpu, linear_new, Epilogue,
 };
 use crate::ops::math::{add_inplace_par, gelu_with_grad_par, mul_inplace_par};
 use crate::ops::patch_embed::{im2col, patch_embed_bwd_cols_cpu, patch_embed_cols_cpu};
@@ -77,9 +78,21 @@ fn lin_bwd(l: &Linear, name: &str, x: &[f32], dy: &[f32], g: &mut Grads) -> Vec<
     let (d_in, d_out) = (l.d_in(), l.d_out());
     let dx = linear_bwd_input_new(l.weight.data(), dy, d_in, d_out);
     let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
-    let mut dw = g.take(&wn, d_in * d_out);
     let mut db = l.bias.as_ref().map(|_| g.take(&bn, d_out));
-    linear_bwd_params_cpu(x, dy, d_in, d_out, &mut dw, db.as_deref_mut());
+    // The first gradient of a weight in a step is written by the GEMM into a new buffer (no
+    // zero fill, no read of zeros); a later one accumulates.
+    let dw = match g.map.remove(&wn) {
+        Some(mut dw) if dw.len() == d_in * d_out => {
+            linear_bwd_params_cpu(x, dy, d_in, d_out, &mut dw, db.as_deref_mut());
+            dw
+        }
+        _ => {
+            if let Some(db) = db.as_deref_mut() {
+                column_sums_acc(dy, d_out, db);
+            }
+            linear_bwd_weight_new(x, dy, d_in, d_out)
+        }
+    };
     g.put(&wn, dw);
     if let Some(db) = db {
         g.put(&bn, db);

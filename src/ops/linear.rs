@@ -465,6 +465,25 @@ pub fn linear_bwd_params_cpu(
     }
 }
 
+/// The weight gradient of the linear layer into a new vector: `dyᵀ·x` (`[d_out, d_in]`),
+/// written by the GEMM without a zero fill first. The same products as
+/// [`linear_bwd_params_cpu`] accumulating into a zeroed `dw`.
+pub fn linear_bwd_weight_new(x: &[f32], dy: &[f32], d_in: usize, d_out: usize) -> Vec<f32> {
+    let rows = dy.len() / d_out.max(1);
+    debug_assert_eq!(x.len(), rows * d_in);
+    matmul_new(
+        d_out,
+        d_in,
+        rows,
+        dy,
+        (1, d_out),
+        x,
+        (d_in, 1),
+        false,
+        Par::Auto,
+    )
+}
+
 /// `acc[j] += Σ_r m[r, j]` for a row-major `m` with `cols` columns: each task owns a block of
 /// columns and sums its rows in order, in f64, so the result does not depend on the threads.
 pub fn column_sums_acc(m: &[f32], cols: usize, acc: &mut [f32]) {
@@ -549,6 +568,15 @@ mod tests {
             let mut dx = vec![f32::NAN; rows * d_in];
             linear_bwd_input_cpu(&w, &dy, d_in, d_out, &mut dx);
             assert_eq!(bits(&dx), bits(&linear_bwd_input_new(&w, &dy, d_in, d_out)));
+            // The weight gradient: a new buffer holds what accumulating into zeros gives (up to
+            // the sign of an exact zero, which 0 + (−0) makes +0).
+            let mut dw = vec![0f32; d_out * d_in];
+            linear_bwd_params_cpu(&x, &dy, d_in, d_out, &mut dw, None);
+            let unsigned_zero = |v: &[f32]| bits(&v.iter().map(|&x| x + 0.0).collect::<Vec<_>>());
+            assert_eq!(
+                unsigned_zero(&dw),
+                unsigned_zero(&linear_bwd_weight_new(&x, &dy, d_in, d_out))
+            );
             // Column-major output: element (i, j) at j·m + i.
             let cm = matmul_new(
                 rows,
