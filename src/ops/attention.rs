@@ -3,7 +3,7 @@
 //! one query token over the context tokens (SPEC §3.2.3).
 
 use super::linear::{matmul_strided_cpu, Par};
-use super::math::{dot_f32_in_f64, exp_f32, simd, sum_f64};
+use super::math::{dot_f64, exp_f32, simd, sum_f64};
 use rayon::prelude::*;
 
 /// In-place softmax of `scale·row`, max-subtracted, the sum accumulated in f64 (in the eight
@@ -169,7 +169,7 @@ fn softmax_bwd_row(p: &[f32], row: &mut [f32], scale: f32) {
     simd(
         #[inline(always)]
         || {
-            let dot = dot_f32_in_f64(p, row) as f32;
+            let dot = dot_f64(p, row) as f32;
             for (g, &pj) in row.iter_mut().zip(p) {
                 *g = scale * pj * (*g - dot);
             }

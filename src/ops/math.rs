@@ -133,10 +133,12 @@ pub fn sum_f64(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
     acc.iter().sum::<f64>() + tail.iter().map(|&v| f(v as f64)).sum::<f64>()
 }
 
-/// Σ a_i·b_i in f64 over two f32 slices of the same length (the shorter bounds the sum), in
-/// eight interleaved partial sums (as [`sum_f64`]).
+/// Σ a_i·b_i in f64 over two slices of the same length (f32 or f64 elements, each widened to
+/// f64), in eight interleaved partial sums (as [`sum_f64`]).
 #[inline(always)]
-pub fn dot_f32_in_f64(a: &[f32], b: &[f32]) -> f64 {
+pub fn dot_f64<T: Copy + Into<f64>>(a: &[T], b: &[T]) -> f64 {
+    debug_assert_eq!(a.len(), b.len());
+    // Equal lengths, made visible to the optimiser (no bounds checks in the loops below).
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f64; 8];
@@ -145,32 +147,11 @@ pub fn dot_f32_in_f64(a: &[f32], b: &[f32]) -> f64 {
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .map(|(&x, &y)| x as f64 * y as f64)
+        .map(|(&x, &y)| x.into() * y.into())
         .sum();
     for (x, y) in ca.zip(cb) {
         for ((a, &p), &q) in acc.iter_mut().zip(x).zip(y) {
-            *a += p as f64 * q as f64;
-        }
-    }
-    acc.iter().sum::<f64>() + tail
-}
-
-/// Σ a_i·b_i in f64 over two slices of the same length, in eight interleaved partial sums (as
-/// [`sum_f64`]).
-#[inline(always)]
-pub fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f64 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for ((a, &p), &q) in acc.iter_mut().zip(x).zip(y) {
-            *a += p * q;
+            *a += p.into() * q.into();
         }
     }
     acc.iter().sum::<f64>() + tail
@@ -407,7 +388,7 @@ mod tests {
             assert!((dot_f64(&a, &b) - want_dot).abs() <= 1e-12 * (1.0 + want_dot.abs()));
             let y: Vec<f32> = x.iter().rev().map(|&v| v - 0.2).collect();
             let want_dot32: f64 = x.iter().zip(&y).map(|(&p, &q)| p as f64 * q as f64).sum();
-            let got = dot_f32_in_f64(&x, &y);
+            let got = dot_f64(&x, &y);
             assert!((got - want_dot32).abs() <= 1e-12 * (1.0 + want_dot32.abs()));
         }
     }

@@ -337,6 +337,15 @@ pub fn flip_x(x: f64, width: usize) -> f64 {
 ///
 /// Panics if `crop.len() != 3·size²` (a programming error, not an input error).
 pub fn normalize_crop(crop: &[u8], size: usize) -> Vec<f32> {
+    // A scale of 1 leaves every u8 value as it is (no clipping happens).
+    normalize_crop_scaled(crop, size, [1.0; 3])
+}
+
+/// [`normalize_crop`] after the training augmentation's colour scaling (SPEC §1.1):
+/// `(clip(p·cs_c, 0, 255) − 255·mean_c) / (255·std_c)` in float32.
+///
+/// Panics if `crop.len() != 3·size²` (a programming error, not an input error).
+pub fn normalize_crop_scaled(crop: &[u8], size: usize, color_scale: [f32; 3]) -> Vec<f32> {
     let n = size * size;
     assert_eq!(
         crop.len(),
@@ -352,7 +361,7 @@ pub fn normalize_crop(crop: &[u8], size: usize) -> Vec<f32> {
             .iter_mut()
             .zip(crop.iter().skip(c).step_by(3))
         {
-            *o = (*p as f32 - mean) / std;
+            *o = ((*p as f32 * color_scale[c]).clamp(0.0, 255.0) - mean) / std;
         }
     }
     out

@@ -6,10 +6,10 @@
 //! stores into a float32 array; the colour scale and the normalisation run in f32.
 
 use super::format::{Annotation, HasMano, ManoParams};
-use crate::ops::image::{
-    crop_affine, flip_horizontal, flip_x, warp_affine_bilinear, RgbImage, IMAGE_MEAN, IMAGE_STD,
-};
+use crate::ops::image::{crop_affine, flip_horizontal, flip_x, warp_affine_bilinear, RgbImage};
 use crate::ops::mano::NUM_KEYPOINTS;
+// Re-exported for `train::data`: the augmentation's colour-scaled normalisation.
+pub use crate::ops::image::normalize_crop_scaled;
 use crate::train::rng::{Philox, STREAM_AUGMENT};
 use std::f64::consts::PI;
 
@@ -231,24 +231,6 @@ pub fn rodrigues_inv(m: &[f64; 9]) -> [f64; 3] {
     }
     let vth = 1.0 / (2.0 * s) * theta;
     [rx * vth, ry * vth, rz * vth]
-}
-
-/// HWC u8 RGB crop → CHW f32 `(clip(p·cs_c, 0, 255) − 255·mean_c) / (255·std_c)` in float32
-/// (SPEC §1.1; `color_scale = [1; 3]` gives exactly `ops::image::normalize_crop`).
-pub fn normalize_crop_scaled(crop: &[u8], size: usize, color_scale: [f32; 3]) -> Vec<f32> {
-    let n = size * size;
-    let mut out = vec![0f32; 3 * n];
-    for c in 0..3 {
-        let mean = (255.0 * IMAGE_MEAN[c]) as f32;
-        let std = (255.0 * IMAGE_STD[c]) as f32;
-        for (o, p) in out[c * n..(c + 1) * n]
-            .iter_mut()
-            .zip(crop.iter().skip(c).step_by(3))
-        {
-            *o = ((*p as f32 * color_scale[c]).clamp(0.0, 255.0) - mean) / std;
-        }
-    }
-    out
 }
 
 /// One training example, as the losses see it.
