@@ -10,6 +10,8 @@
 
 #include <stdint.h>
 
+#include "ptx.cuh"
+
 #define HC_WARP_SIZE 32
 #define HC_FULL_MASK 0xffffffffu
 
@@ -82,13 +84,4 @@ __device__ __forceinline__ void block_sum2(float& a, float& b, float* scratch) {
 // True when p is aligned for 16-byte (float4) accesses.
 __device__ __forceinline__ bool is_aligned16(const void* p) {
     return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
-}
-
-// Bytes of dynamic shared memory this launch was given (the PTX special register
-// %dynamic_smem_size), so a kernel can choose between staging data in shared memory and
-// reading it again from global memory without an extra argument.
-__device__ __forceinline__ unsigned dynamic_smem_bytes() {
-    unsigned n;
-    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(n));
-    return n;
 }
