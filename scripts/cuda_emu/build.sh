@@ -24,6 +24,10 @@ SOURCES=("$OUT"/gen/*.cpp "$EMU"/emu_runtime.cpp "$EMU"/emu_driver.cpp "$EMU"/em
 printf '%s\n' "${SOURCES[@]}" | xargs -P "$(nproc)" -I{} sh -c \
     'g++ "$@" -c "{}" -o "'"$OUT"'/obj/$(basename "{}" .cpp).o"' _ "${FLAGS[@]}"
 g++ "${FLAGS[@]}" -shared -Wl,-soname,libhandcov_cuda_emu.so -o "$OUT/libhandcov_cuda_emu.so" "$OUT"/obj/*.o
+# The self-test: its kernels generated like kernels/, linked with the runtime alone.
+python3 "$EMU/gen.py" "$EMU/selftest" "$OUT/selftest-gen"
+g++ "${FLAGS[@]}" -I "$EMU/selftest" -o "$OUT/selftest" "$EMU/selftest.cpp" "$OUT"/selftest-gen/*.cpp \
+    "$EMU/emu_runtime.cpp"
 for l in libcuda.so libcuda.so.1 libcublasLt.so libcublasLt.so.13; do
     ln -sf libhandcov_cuda_emu.so "$OUT/$l"
 done

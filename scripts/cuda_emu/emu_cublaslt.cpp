@@ -2,11 +2,14 @@
 // TRANSA/TRANSB, fp32 and bf16 operands, fp32 compute and scale, alpha/beta as host floats,
 // the DEFAULT and BIAS epilogues. Anything else (other epilogues, orders, batches, pointer
 // modes) is CUBLAS_STATUS_NOT_SUPPORTED, so a new use shows up here instead of computing
-// something else. Products accumulate in fp32 in k order; with beta = 0, C is not read (it may
+// something else. Products accumulate in fp32 (eight-lane partial sums); with beta = 0, C is not read (it may
 // hold NaN), as cuBLASLt documents.
 
 #include <stdio.h>
 #include <string.h>
+
+#include <algorithm>
+#include <thread>
 
 #include "emu_internal.h"
 #include "emu_ptx.h"
@@ -53,11 +56,12 @@ void store(void* base, int type, uint64_t idx, float v) {
         static_cast<uint16_t*>(base)[idx] = emu::f32_to_bf16_rn(v);
 }
 
-// op(X) as a dense [outer][k] fp32 copy: row r holds op(X)[r, 0..k) for A (r = i) or
-// op(X)[0..k, r] for B (r = j), so every dot product reads contiguous memory.
+// op(X) as a dense [outer][kp] fp32 copy, outer rounded up to a multiple of 4 and k to kp (a
+// multiple of 8), zero-padded: row r holds op(X)[r, 0..k) for A (r = i) or op(X)[0..k, r] for B
+// (r = j), so every dot product reads contiguous memory.
 std::vector<float> pack(const void* x, const Layout& l, bool trans, bool is_a, uint64_t outer,
-                        uint64_t k) {
-    std::vector<float> out(outer * k);
+                        uint64_t k, uint64_t kp) {
+    std::vector<float> out(((outer + 3) / 4 * 4) * kp, 0.0f);
     for (uint64_t r = 0; r < outer; ++r)
         for (uint64_t c = 0; c < k; ++c) {
             // A: op(A)[r, c]; B: op(B)[c, r]. Stored (row, col) of X before op:
@@ -69,9 +73,33 @@ std::vector<float> pack(const void* x, const Layout& l, bool trans, bool is_a, u
                 row = trans ? r : c;
                 col = trans ? c : r;
             }
-            out[r * k + c] = load(x, l.type, row + col * (uint64_t)l.ld);
+            out[r * kp + c] = load(x, l.type, row + col * (uint64_t)l.ld);
         }
     return out;
+}
+
+typedef float v8 __attribute__((vector_size(32)));
+
+// acc[a][b] = Σ_k pa[i0 + a][k] · pb[j0 + b][k] for a 4×4 tile: 16 eight-lane partial sums
+// (fp32; the order differs from a sequential sum, as cuBLASLt's does).
+__attribute__((target_clones("avx512f", "avx2", "default"))) void tile4x4(
+    const float* pa, const float* pb, uint64_t kp, float (&acc)[4][4]) {
+    v8 s[4][4] = {};
+    for (uint64_t q = 0; q < kp; q += 8) {
+        v8 a[4], b[4];
+        for (int t = 0; t < 4; ++t) {
+            memcpy(&a[t], pa + t * kp + q, sizeof(v8));
+            memcpy(&b[t], pb + t * kp + q, sizeof(v8));
+        }
+        for (int x = 0; x < 4; ++x)
+            for (int y = 0; y < 4; ++y) s[x][y] += a[x] * b[y];
+    }
+    for (int x = 0; x < 4; ++x)
+        for (int y = 0; y < 4; ++y) {
+            float t = 0.0f;
+            for (int e = 0; e < 8; ++e) t += s[x][y][e];
+            acc[x][y] = t;
+        }
 }
 
 }  // namespace
@@ -188,19 +216,31 @@ API cublasStatus_t cublasLtMatmul(void*, void* desc, const void* alpha, const vo
     const void* bias = ds.bias;
     const Layout A = la, B = lb, C = lc, D = ld;
     const int r = emu::enqueue(stream, [=] {
-        const std::vector<float> pa = pack(a, A, ta, true, m, k);
-        const std::vector<float> pb = pack(b, B, tb, false, n, k);
-        for (uint64_t j = 0; j < n; ++j)
-            for (uint64_t i = 0; i < m; ++i) {
-                const float* x = &pa[i * k];
-                const float* y = &pb[j * k];
-                float acc = 0.0f;
-                for (uint64_t q = 0; q < k; ++q) acc += x[q] * y[q];
-                float v = al * acc;
-                if (be != 0.0f) v += be * load(c, C.type, i + j * (uint64_t)C.ld);
-                if (use_bias) v += load(bias, bias_type, i);
-                store(d, D.type, i + j * (uint64_t)D.ld, v);
-            }
+        const uint64_t kp = (k + 7) / 8 * 8;
+        const std::vector<float> pa = pack(a, A, ta, true, m, k, kp);
+        const std::vector<float> pb = pack(b, B, tb, false, n, k, kp);
+        const uint64_t nb = (n + 3) / 4;
+        auto columns = [&](uint64_t jb0, uint64_t jb1) {
+            for (uint64_t jb = jb0; jb < jb1; ++jb)
+                for (uint64_t i0 = 0; i0 < m; i0 += 4) {
+                    float acc[4][4];
+                    tile4x4(&pa[i0 * kp], &pb[jb * 4 * kp], kp, acc);
+                    for (uint64_t y = 0; y < 4 && jb * 4 + y < n; ++y)
+                        for (uint64_t x = 0; x < 4 && i0 + x < m; ++x) {
+                            const uint64_t i = i0 + x, j = jb * 4 + y;
+                            float v = al * acc[x][y];
+                            if (be != 0.0f) v += be * load(c, C.type, i + j * (uint64_t)C.ld);
+                            if (use_bias) v += load(bias, bias_type, i);
+                            store(d, D.type, i + j * (uint64_t)D.ld, v);
+                        }
+                }
+        };
+        // Large products on every core (each thread owns whole columns of D).
+        const unsigned nt = m * n * k > (1u << 24) ? std::max(1u, std::thread::hardware_concurrency()) : 1u;
+        std::vector<std::thread> pool;
+        for (unsigned t = 1; t < nt; ++t) pool.emplace_back(columns, nb * t / nt, nb * (t + 1) / nt);
+        columns(0, nb / nt);
+        for (auto& th : pool) th.join();
         return 0;
     });
     return r == 0 ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;

@@ -4,9 +4,10 @@
 // source (see gen.py). A CUDA thread is a fiber (emu_runtime.cpp): the threads of a block run
 // one after another on one OS thread, switching only where CUDA would let them wait for each
 // other (__syncthreads, __syncwarp, shuffles, the collective PTX of emu_ptx.h). Blocks run one
-// at a time, so `__shared__` variables become function-local statics (one copy, shared by the
-// threads of the running block) and dynamic shared memory is a fresh buffer per block, filled
-// with 0xff bytes (NaN) so that a read of something no thread wrote shows.
+// at a time; every block gets fresh shared memory (gen.py turns each static `__shared__`
+// variable into a reference to the block's copy, and dynamic shared memory is a buffer of the
+// launch's size), filled with 0xff bytes (NaN) so that a read of something no thread wrote
+// shows.
 //
 // What this checks: index arithmetic, barrier placement (a barrier that not every thread of
 // the block reaches is reported), warp collectives with lanes missing, out-of-bounds accesses
@@ -79,6 +80,13 @@ int sync_block_count(int pred);
 void sync_warp(unsigned mask);
 // Every lane of `mask` deposits `v`; each gets the value of lane `src` (absolute lane index).
 uint64_t warp_exchange(unsigned mask, uint64_t v, unsigned src);
+// The running block's copy of the static __shared__ variable `tag` stands for: allocated by its
+// first use in the block, filled with 0xff bytes (NaN), freed when the block ends.
+void* block_shared_alloc(const void* tag, size_t bytes, size_t align);
+template <class T>
+static inline T& block_shared(const void* tag, size_t align) {
+    return *static_cast<T*>(block_shared_alloc(tag, sizeof(T), align > alignof(T) ? align : alignof(T)));
+}
 // Reports a kernel error (printed once per launch; the launch returns an error).
 void fail(const char* what);
 
@@ -112,7 +120,6 @@ static inline T from_bits(uint64_t b) {
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-#define __shared__ static
 
 static inline void __syncthreads() { emu::sync_block(); }
 static inline int __syncthreads_and(int p) { return emu::sync_block_and(p); }

@@ -47,6 +47,10 @@ struct Invoker<void(A...)> {
 std::string run_launch(const KernelInfo& k, dim3 grid, dim3 block, unsigned dyn_smem,
                        void** params);
 
+// The order the scheduler resumes a block's threads in: "forward", "reverse" or "random"
+// (default: $HANDCOV_EMU_ORDER, else forward).
+void set_order(const char* order);
+
 // Serialises the whole emulator: every API entry point holds it.
 void lock();
 void unlock();

@@ -19,6 +19,7 @@
 
 #include <map>
 #include <mutex>
+#include <algorithm>
 #include <random>
 
 #include "emu_internal.h"
@@ -99,6 +100,7 @@ struct Launch {
     uint64_t events = 0;
     std::string error;
     bool aborted = false;
+    std::map<const void*, void*> shared;  // static __shared__ variables of the running block
 #ifdef EMU_ASAN
     void* fake_stack = nullptr;
 #endif
@@ -216,6 +218,23 @@ uint64_t warp_exchange(unsigned mask, uint64_t v, unsigned src) {
     return r;
 }
 
+void* block_shared_alloc(const void* tag, size_t bytes, size_t align) {
+    void*& p = L->shared[tag];
+    if (p == nullptr) {
+        if (posix_memalign(&p, align < sizeof(void*) ? sizeof(void*) : align, bytes) != 0) {
+            fprintf(stderr, "cuda_emu: out of memory for shared memory\n");
+            abort();
+        }
+        memset(p, 0xff, bytes);
+    }
+    return p;
+}
+
+static void free_block_shared() {
+    for (auto& [tag, p] : L->shared) free(p);
+    L->shared.clear();
+}
+
 void* warp_scratch() { return L->warps[cur_thread->warp].scratch; }
 
 static void fiber_main() {
@@ -242,14 +261,17 @@ static void fiber_main() {
 
 enum class Order { Forward, Reverse, Random };
 
-static Order order_from_env() {
-    const char* o = getenv("HANDCOV_EMU_ORDER");
+static Order parse_order(const char* o) {
     if (o == nullptr || strcmp(o, "forward") == 0) return Order::Forward;
     if (strcmp(o, "reverse") == 0) return Order::Reverse;
     if (strcmp(o, "random") == 0) return Order::Random;
     fprintf(stderr, "cuda_emu: HANDCOV_EMU_ORDER=%s is not forward, reverse or random\n", o);
     exit(2);
 }
+
+static Order g_order = parse_order(getenv("HANDCOV_EMU_ORDER"));
+
+void set_order(const char* order) { g_order = parse_order(order); }
 
 static std::string describe_deadlock() {
     std::string s = "deadlock: every thread waits (";
@@ -313,7 +335,7 @@ static void run_block(Order order, std::mt19937_64& rng, const ucontext_t& tmpl)
 
 std::string run_launch(const KernelInfo& k, dim3 grid, dim3 block, unsigned dyn_smem,
                        void** params) {
-    static const Order order = order_from_env();
+    const Order order = g_order;
     static std::mt19937_64 rng([] {
         const char* s = getenv("HANDCOV_EMU_SEED");
         return s ? strtoull(s, nullptr, 10) : 1ull;
@@ -351,6 +373,7 @@ std::string run_launch(const KernelInfo& k, dim3 grid, dim3 block, unsigned dyn_
             for (unsigned x = 0; x < grid.x && !launch.aborted; ++x) {
                 launch.bs.bid = uint3{x, y, z};
                 run_block(order, rng, tmpl);
+                free_block_shared();
                 if (!launch.error.empty()) launch.aborted = true;
             }
     L = saved;
