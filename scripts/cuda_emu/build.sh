@@ -14,6 +14,9 @@ ASAN=0
 OUT="${EMU_OUT:-target/cuda_emu}"
 [[ $ASAN == 1 ]] && OUT="${OUT}-asan"
 EMU=scripts/cuda_emu
+for tool in g++ python3; do
+    command -v "$tool" >/dev/null || { echo "cuda_emu: $tool is needed to build the emulator" >&2; exit 2; }
+done
 mkdir -p "$OUT/gen" "$OUT/obj"
 python3 "$EMU/gen.py" kernels "$OUT/gen"
 FLAGS=(-DHANDCOV_EMU -std=c++17 -O2 -g -fPIC -ffp-contract=off -fno-strict-aliasing -pthread

@@ -1,8 +1,9 @@
 // emu_runtime.cpp — CUDA threads as fibers: blocks, barriers, warp collectives, the kernel
 // registry.
 //
-// A launch runs its blocks one after another. The threads of a block are ucontext fibers on the
-// calling OS thread; the scheduler resumes them in a fixed order (HANDCOV_EMU_ORDER: `forward`,
+// A launch runs its blocks one after another. The threads of a block are fibers on the calling
+// OS thread (a hand-written x86-64 stack switch: ucontext's swapcontext makes a system call per
+// switch, which cost 85 % of the run time); the scheduler resumes them in a fixed order (HANDCOV_EMU_ORDER: `forward`,
 // the default, `reverse`, or `random` with HANDCOV_EMU_SEED), each running until it waits at a
 // barrier or returns. Running the suite under two orders shows a kernel whose result depends on
 // which thread of a phase writes shared memory first (a race a barrier should have ordered).
@@ -15,7 +16,6 @@
 
 #include <stdio.h>
 #include <stdlib.h>
-#include <ucontext.h>
 
 #include <map>
 #include <mutex>
@@ -25,9 +25,68 @@
 #include "emu_internal.h"
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define EMU_ASAN 1
 #endif
+
+// ---------------------------------------------------------------------------------------------
+// Stack switching. emu_switch(from, to) saves the callee-saved registers, MXCSR and the x87
+// control word on the current stack, stores the stack pointer in *from, loads *to's and
+// restores the same set from there: a function call that returns on another stack. A new
+// fiber's stack is laid out as if it had switched away just before calling its entry.
+
+#if !defined(__x86_64__)
+#error "cuda_emu's fibers switch stacks in x86-64 assembly"
+#endif
+
+extern "C" void emu_switch(void** from, void* to);
+asm(R"(
+    .text
+    .globl emu_switch
+    .type emu_switch, @function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+
+// The initial stack pointer of a fiber that starts in entry().
+static void* fiber_stack_init(char* stack, size_t bytes, void (*entry)()) {
+#ifdef EMU_ASAN
+    // The stack is reused: frames of a fiber that never unwound leave their redzones behind.
+    ASAN_UNPOISON_MEMORY_REGION(stack, bytes);
+#endif
+    uintptr_t top = ((uintptr_t)(stack + bytes)) & ~(uintptr_t)15;
+    uint64_t* sp = reinterpret_cast<uint64_t*>(top);
+    *--sp = 0;                    // entry's return address slot (it never returns): rsp ≡ 8 mod 16
+    *--sp = (uint64_t)entry;      // where emu_switch's ret goes
+    for (int i = 0; i < 6; ++i) *--sp = 0;  // rbp rbx r12 r13 r14 r15
+    uint32_t csr[2];
+    asm volatile("stmxcsr %0" : "=m"(csr[0]));
+    asm volatile("fnstcw %0" : "=m"(csr[1]));
+    *--sp = (uint64_t)csr[0] | ((uint64_t)(csr[1] & 0xffff) << 32);
+    return sp;
+}
 
 namespace emu {
 
@@ -65,7 +124,7 @@ static const size_t STACK_BYTES = 512 << 10;
 
 struct Fiber {
     ThreadState ts;
-    ucontext_t ctx;
+    void* sp = nullptr;  // saved stack pointer while switched out
     char* stack = nullptr;
     bool done = false;
     // While waiting: the generation counter it waits on and the value it saw.
@@ -96,7 +155,7 @@ struct Launch {
     uint64_t bar_gen = 0;
     int bar_and = 1, bar_or = 0, bar_count = 0;
     int bar_res_and = 0, bar_res_or = 0, bar_res_count = 0;
-    ucontext_t main_ctx;
+    void* main_sp = nullptr;  // the scheduler's stack pointer while a fiber runs
     uint64_t events = 0;
     std::string error;
     bool aborted = false;
@@ -132,7 +191,7 @@ static void yield() {
 #ifdef EMU_ASAN
     __sanitizer_start_switch_fiber(&L->fake_stack, nullptr, 0);
 #endif
-    swapcontext(&f.ctx, &L->main_ctx);
+    emu_switch(&f.sp, L->main_sp);
 #ifdef EMU_ASAN
     __sanitizer_finish_switch_fiber(L->fake_stack, nullptr, nullptr);
 #endif
@@ -254,9 +313,11 @@ static void fiber_main() {
         if (L->bar_arrived == L->live) release_block_barrier();
     }
 #ifdef EMU_ASAN
-    __sanitizer_start_switch_fiber(nullptr, nullptr, 0);
+    __sanitizer_start_switch_fiber(nullptr, nullptr, 0);  // this stack is finished
 #endif
-    // Returning resumes uc_link (the scheduler).
+    void* dead;
+    emu_switch(&dead, L->main_sp);  // never resumed
+    __builtin_unreachable();
 }
 
 enum class Order { Forward, Reverse, Random };
@@ -286,17 +347,13 @@ static std::string describe_deadlock() {
     return s + ")";
 }
 
-static void run_block(Order order, std::mt19937_64& rng, const ucontext_t& tmpl) {
+static void run_block(Order order, std::mt19937_64& rng) {
     const unsigned n = (unsigned)L->fibers.size();
     for (unsigned i = 0; i < n; ++i) {
         Fiber& f = L->fibers[i];
         f.done = false;
         f.wait_on = nullptr;
-        f.ctx = tmpl;
-        f.ctx.uc_stack.ss_sp = f.stack;
-        f.ctx.uc_stack.ss_size = STACK_BYTES;
-        f.ctx.uc_link = &L->main_ctx;
-        makecontext(&f.ctx, fiber_main, 0);
+        f.sp = fiber_stack_init(f.stack, STACK_BYTES, fiber_main);
     }
     for (WarpState& w : L->warps) {
         w.live_mask = w.exist_mask;
@@ -319,7 +376,7 @@ static void run_block(Order order, std::mt19937_64& rng, const ucontext_t& tmpl)
             void* fs = nullptr;
             __sanitizer_start_switch_fiber(&fs, f.stack, STACK_BYTES);
 #endif
-            swapcontext(&L->main_ctx, &f.ctx);
+            emu_switch(&L->main_sp, f.sp);
 #ifdef EMU_ASAN
             __sanitizer_finish_switch_fiber(fs, nullptr, nullptr);
 #endif
@@ -361,8 +418,6 @@ std::string run_launch(const KernelInfo& k, dim3 grid, dim3 block, unsigned dyn_
         f.ts.warp = i / 32;
         launch.warps[i / 32].exist_mask |= 1u << (i % 32);
     }
-    ucontext_t tmpl;
-    getcontext(&tmpl);
 
     Launch* saved = L;
     BlockState* saved_block = cur_block;
@@ -372,7 +427,7 @@ std::string run_launch(const KernelInfo& k, dim3 grid, dim3 block, unsigned dyn_
         for (unsigned y = 0; y < grid.y && !launch.aborted; ++y)
             for (unsigned x = 0; x < grid.x && !launch.aborted; ++x) {
                 launch.bs.bid = uint3{x, y, z};
-                run_block(order, rng, tmpl);
+                run_block(order, rng);
                 free_block_shared();
                 if (!launch.error.empty()) launch.aborted = true;
             }

@@ -35,7 +35,19 @@ if [[ $ASAN == 1 ]]; then
 else
     bash scripts/cuda_emu/build.sh || exit 1
 fi
-"$OUT/selftest" || exit 1
+if [[ $ASAN == 1 ]]; then
+    export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
+    "$OUT/selftest" || exit 1
+    # And the sanitizer is live: a kernel writing past a shared array must be stopped.
+    if "$OUT/selftest" --oob 2>&1 | grep -q "ERROR: AddressSanitizer"; then
+        echo "ok   a shared-memory overrun is stopped by AddressSanitizer"
+    else
+        echo "FAIL a shared-memory overrun went unnoticed under --asan"
+        exit 1
+    fi
+else
+    "$OUT/selftest" || exit 1
+fi
 
 TESTS=()
 for t in tests/cuda_*.rs; do TESTS+=(--test "$(basename "$t" .rs)"); done
@@ -48,7 +60,7 @@ for line in sys.stdin:
 
 ENV=(LD_LIBRARY_PATH="$PWD/$OUT${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" HANDCOV_EMU_ORDER="$ORDER")
 if [[ $ASAN == 1 ]]; then
-    ENV+=(LD_PRELOAD="$(g++ -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1)
+    ENV+=(LD_PRELOAD="$(g++ -print-file-name=libasan.so)")
 fi
 status=0
 for bin in $BINS; do

@@ -88,3 +88,11 @@ extern "C" __global__ void mma_kernel(const uint16_t* A, const uint16_t* B, floa
     for (unsigned i = 0; i < 4; ++i) D[(g + 8 * (i / 2)) * 8 + 2 * t + (i % 2)] = c[i];
 }
 
+
+// Writes one float past a shared array: AddressSanitizer must stop it (selftest --oob).
+extern "C" __global__ void shared_overrun(float* out) {
+    __shared__ float s[32];
+    s[threadIdx.x + 1] = 1.0f;
+    __syncthreads();
+    out[threadIdx.x] = s[threadIdx.x];
+}
