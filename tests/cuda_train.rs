@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::train_run::small_demo;
 use common::*;
 use handcov::engine::Precision;
 use handcov::model::backward::Grads;
@@ -295,27 +296,11 @@ fn out_of_memory_names_the_batch_size() {
 #[ignore = "needs a CUDA device"]
 fn the_demo_on_the_gpu_follows_the_cpu() {
     use handcov::engine::DeviceChoice;
-    use handcov::synth::dataset::SynthConfig;
-    use handcov::synth::demo::{run, DemoOptions};
+    use handcov::synth::demo::run;
     let dir = scratch("cuda_train_demo");
-    let mut o = DemoOptions {
-        synth: SynthConfig {
-            n_train: 96,
-            n_test: 24,
-            image_px: 128,
-            seed: 5,
-            nuisance_rate: 0.7,
-        },
-        cache: Some(dir.join("cache")),
-        out: dir.join("cpu"),
-        steps: 8,
-        batch_size: 8,
-        lr: 1e-3,
-        device: DeviceChoice::Cpu,
-        threads: 2,
-        seed: 3,
-        pictures: 1,
-    };
+    let mut o = small_demo(&dir);
+    o.steps = 8;
+    o.out = dir.join("cpu");
     let cpu = run(&o).unwrap();
     o.device = DeviceChoice::Cuda;
     o.out = dir.join("gpu");

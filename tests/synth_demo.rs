@@ -4,31 +4,9 @@
 mod common;
 
 use common::scratch;
-use handcov::engine::DeviceChoice;
-use handcov::synth::dataset::SynthConfig;
-use handcov::synth::demo::{run, DemoOptions};
+use common::train_run::small_demo as small;
+use handcov::synth::demo::run;
 use std::process::Command;
-
-fn small(dir: &std::path::Path) -> DemoOptions {
-    DemoOptions {
-        synth: SynthConfig {
-            n_train: 96,
-            n_test: 24,
-            image_px: 128,
-            seed: 5,
-            nuisance_rate: 0.7,
-        },
-        cache: Some(dir.join("cache")),
-        out: dir.join("out"),
-        steps: 40,
-        batch_size: 8,
-        lr: 1e-3,
-        device: DeviceChoice::Cpu,
-        threads: 2,
-        seed: 3,
-        pictures: 2,
-    }
-}
 
 /// A short run on a few dozen hands lowers the training loss and fills every metric.
 #[test]

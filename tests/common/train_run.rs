@@ -68,3 +68,25 @@ pub fn tiny_dataset(dir: &Path) -> PathBuf {
     std::fs::write(root.join("annotations.jsonl"), lines.join("\n")).unwrap();
     root
 }
+
+/// The demo on a few dozen hands for a few dozen steps (CPU, 2 threads): seconds, not minutes.
+pub fn small_demo(dir: &std::path::Path) -> handcov::synth::demo::DemoOptions {
+    handcov::synth::demo::DemoOptions {
+        synth: handcov::synth::dataset::SynthConfig {
+            n_train: 96,
+            n_test: 24,
+            image_px: 128,
+            seed: 5,
+            nuisance_rate: 0.7,
+        },
+        cache: Some(dir.join("cache")),
+        out: dir.join("out"),
+        steps: 40,
+        batch_size: 8,
+        lr: 1e-3,
+        device: handcov::engine::DeviceChoice::Cpu,
+        threads: 2,
+        seed: 3,
+        pictures: 2,
+    }
+}
