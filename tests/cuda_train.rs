@@ -306,11 +306,12 @@ fn the_demo_on_the_gpu_follows_the_cpu() {
     o.out = dir.join("gpu");
     let gpu = run(&o).unwrap();
     let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-12);
+    let (gp, cp) = (&gpu.model_pose, &cpu.model_pose);
     for (what, g, c, tol) in [
         ("first loss", gpu.first_loss, cpu.first_loss, 1e-3),
         ("last loss", gpu.last_loss, cpu.last_loss, 1e-3),
-        ("PA-MPJPE", gpu.model_pose.pa_mpjpe_mm, cpu.model_pose.pa_mpjpe_mm, 1e-3),
-        ("PA-MPVPE", gpu.model_pose.pa_mpvpe_mm, cpu.model_pose.pa_mpvpe_mm, 1e-3),
+        ("PA-MPJPE", gp.pa_mpjpe_mm, cp.pa_mpjpe_mm, 1e-3),
+        ("PA-MPVPE", gp.pa_mpvpe_mm, cp.pa_mpvpe_mm, 1e-3),
         ("AUSC", gpu.model_unc.ausc, cpu.model_unc.ausc, 1e-2),
         ("AUSE", gpu.model_unc.ause, cpu.model_unc.ause, 1e-2),
     ] {
