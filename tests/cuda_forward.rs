@@ -96,6 +96,78 @@ fn tiny_ours_as_a_cuda_graph() {
     tiny_case(Uncertainty::Full, Precision::Bf16, true);
 }
 
+/// Every number of a result file, in a fixed order (object keys sorted), with its key path.
+fn numbers(v: &serde_json::Value, path: &str, out: &mut Vec<(String, f64)>) {
+    match v {
+        serde_json::Value::Number(n) => out.push((path.to_string(), n.as_f64().unwrap())),
+        serde_json::Value::Array(a) => a.iter().for_each(|e| numbers(e, path, out)),
+        serde_json::Value::Object(o) => {
+            let mut keys: Vec<_> = o.keys().collect();
+            keys.sort();
+            for k in keys {
+                numbers(&o[k], &format!("{path}/{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `infer` in image mode (crop, batch, result files) on the GPU writes the hands the CPU
+/// writes: fp32 within 1e-4 and bf16 as a CUDA graph within 2e-2 of each field's largest value,
+/// the bounds of the forward's tests above.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn infer_image_mode_on_the_gpu_matches_the_cpu() {
+    let dir = scratch("cuda_forward_infer_images");
+    let weights = fixture("tiny_weights.safetensors");
+    let image = fixture("crop_src.png");
+    let run = |name: &str, extra: &[&str]| -> Vec<(String, f64)> {
+        let out = dir.join(name);
+        let mut args = vec![
+            "--config",
+            "tiny",
+            "--uncertainty",
+            "ours",
+            "--allow-extra",
+            "--weights",
+            s(&weights),
+            "--images",
+            s(&image),
+            "--out",
+            s(&out),
+        ];
+        args.extend_from_slice(extra);
+        let (code, _, err) = run_binary(env!("CARGO_BIN_EXE_infer"), &args);
+        assert_eq!(code, 0, "infer {extra:?}: {err}");
+        let text = std::fs::read_to_string(out.join("crop_src.json")).unwrap();
+        let mut v = Vec::new();
+        numbers(&serde_json::from_str(&text).unwrap(), "", &mut v);
+        v
+    };
+    let cpu = run("cpu", &["--device", "cpu"]);
+    for (name, extra, tol) in [
+        ("fp32", &["--device", "cuda"][..], 1e-4),
+        (
+            "bf16",
+            &["--device", "cuda", "--precision", "bf16", "--cuda-graph"][..],
+            2e-2,
+        ),
+    ] {
+        let gpu = run(name, extra);
+        assert_eq!(gpu.len(), cpu.len(), "{name}: a different number of values");
+        let mut scale = std::collections::HashMap::<&str, f64>::new();
+        for (k, c) in &cpu {
+            let m = scale.entry(k.as_str()).or_insert(0.0);
+            *m = m.max(c.abs());
+        }
+        for ((kg, g), (kc, c)) in gpu.iter().zip(&cpu) {
+            assert_eq!(kg, kc, "{name}: fields differ");
+            let err = (g - c).abs() / scale[kc.as_str()].max(1e-12);
+            assert!(err <= tol, "{name}: {kc}: GPU {g}, CPU {c} ({err:.2e})");
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA device"]
 fn hamer_ours_gpu_matches_cpu() {
