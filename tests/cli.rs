@@ -115,18 +115,6 @@ fn mirror_png(src: &Path, dst: &Path) -> (u32, u32) {
     img.dimensions()
 }
 
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn floats(v: &serde_json::Value) -> Vec<f64> {
-    match v {
-        serde_json::Value::Array(a) => a.iter().flat_map(floats).collect(),
-        serde_json::Value::Number(n) => vec![n.as_f64().unwrap()],
-        _ => vec![],
-    }
-}
-
 #[test]
 fn image_mode_left_hand_is_the_mirror_of_the_right_hand() {
     let dir = scratch("cli_image_mode");

@@ -96,22 +96,6 @@ fn tiny_ours_as_a_cuda_graph() {
     tiny_case(Uncertainty::Full, Precision::Bf16, true);
 }
 
-/// Every number of a result file, in a fixed order (object keys sorted), with its key path.
-fn numbers(v: &serde_json::Value, path: &str, out: &mut Vec<(String, f64)>) {
-    match v {
-        serde_json::Value::Number(n) => out.push((path.to_string(), n.as_f64().unwrap())),
-        serde_json::Value::Array(a) => a.iter().for_each(|e| numbers(e, path, out)),
-        serde_json::Value::Object(o) => {
-            let mut keys: Vec<_> = o.keys().collect();
-            keys.sort();
-            for k in keys {
-                numbers(&o[k], &format!("{path}/{k}"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// `infer` in image mode (crop, batch, result files) on the GPU writes the hands the CPU
 /// writes: fp32 within 1e-4 and bf16 as a CUDA graph within 2e-2 of each field's largest value,
 /// the bounds of the forward's tests above.
@@ -139,10 +123,7 @@ fn infer_image_mode_on_the_gpu_matches_the_cpu() {
         args.extend_from_slice(extra);
         let (code, _, err) = run_binary(env!("CARGO_BIN_EXE_infer"), &args);
         assert_eq!(code, 0, "infer {extra:?}: {err}");
-        let text = std::fs::read_to_string(out.join("crop_src.json")).unwrap();
-        let mut v = Vec::new();
-        numbers(&serde_json::from_str(&text).unwrap(), "", &mut v);
-        v
+        json_numbers(&json(&out.join("crop_src.json")))
     };
     let cpu = run("cpu", &["--device", "cpu"]);
     for (name, extra, tol) in [

@@ -41,18 +41,11 @@ struct __attribute__((aligned(8))) uint2 {
 struct __attribute__((aligned(16))) uint4 {
     unsigned x, y, z, w;
 };
-struct __attribute__((aligned(16))) int4 {
-    int x, y, z, w;
-};
 struct __attribute__((aligned(16))) double2 {
     double x, y;
 };
-static inline float2 make_float2(float x, float y) { return float2{x, y}; }
 static inline float4 make_float4(float x, float y, float z, float w) {
     return float4{x, y, z, w};
-}
-static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) {
-    return uint4{x, y, z, w};
 }
 
 namespace emu {
@@ -75,8 +68,6 @@ extern BlockState* cur_block;
 // Collectives (emu_runtime.cpp).
 void sync_block();
 int sync_block_and(int pred);
-int sync_block_or(int pred);
-int sync_block_count(int pred);
 void sync_warp(unsigned mask);
 // Every lane of `mask` deposits `v`; each gets the value of lane `src` (absolute lane index).
 uint64_t warp_exchange(unsigned mask, uint64_t v, unsigned src);
@@ -114,20 +105,14 @@ static inline T from_bits(uint64_t b) {
 
 #define __global__
 #define __device__
-#define __host__
 #define __forceinline__ inline
-#define __noinline__ __attribute__((noinline))
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 
 static inline void __syncthreads() { emu::sync_block(); }
 static inline int __syncthreads_and(int p) { return emu::sync_block_and(p); }
-static inline int __syncthreads_or(int p) { return emu::sync_block_or(p); }
-static inline int __syncthreads_count(int p) { return emu::sync_block_count(p); }
 static inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::sync_warp(mask); }
-static inline void __threadfence_block() {}
-static inline void __threadfence() {}
 
 template <class T>
 static inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
@@ -143,40 +128,17 @@ static inline T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
     const unsigned src = (lane & ~(unsigned)(width - 1)) + ((unsigned)src_lane & (unsigned)(width - 1));
     return emu::from_bits<T>(emu::warp_exchange(mask, emu::to_bits(v), src));
 }
-template <class T>
-static inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-    const unsigned lane = emu::cur_thread->lane;
-    unsigned src = lane + delta;
-    if ((src & ~(unsigned)(width - 1)) != (lane & ~(unsigned)(width - 1))) src = lane;
-    return emu::from_bits<T>(emu::warp_exchange(mask, emu::to_bits(v), src));
-}
-template <class T>
-static inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-    const unsigned lane = emu::cur_thread->lane;
-    const unsigned seg = lane & ~(unsigned)(width - 1);
-    const unsigned src = (lane - seg >= delta) ? lane - delta : lane;
-    return emu::from_bits<T>(emu::warp_exchange(mask, emu::to_bits(v), src));
-}
-
 // Rounded arithmetic: with -ffp-contract=off the host performs exactly these IEEE operations.
 static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline float __fdiv_rn(float a, float b) { return a / b; }
 static inline float __fsqrt_rn(float a) { return sqrtf(a); }
-static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
-static inline double __dmul_rn(double a, double b) { return a * b; }
-static inline double __dadd_rn(double a, double b) { return a + b; }
-static inline float __frcp_rn(float a) { return 1.0f / a; }
-static inline float rsqrtf(float a) { return 1.0f / sqrtf(a); }
-static inline double rsqrt(double a) { return 1.0 / sqrt(a); }
 
 static inline float __uint_as_float(unsigned u) { return emu::from_bits<float>(u); }
 static inline unsigned __float_as_uint(float f) { return (unsigned)emu::to_bits(f); }
 static inline float __int_as_float(int i) { return emu::from_bits<float>((uint32_t)i); }
-static inline int __float_as_int(float f) { return (int)(uint32_t)emu::to_bits(f); }
 static inline double __longlong_as_double(long long i) { return emu::from_bits<double>((uint64_t)i); }
-static inline long long __double_as_longlong(double d) { return (long long)emu::to_bits(d); }
 
 // CUDA's integer and floating min/max overloads (the device library has them as globals).
 static inline int min(int a, int b) { return a < b ? a : b; }

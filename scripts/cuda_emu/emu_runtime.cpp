@@ -153,8 +153,8 @@ struct Launch {
     // Block barrier.
     unsigned bar_arrived = 0;
     uint64_t bar_gen = 0;
-    int bar_and = 1, bar_or = 0, bar_count = 0;
-    int bar_res_and = 0, bar_res_or = 0, bar_res_count = 0;
+    int bar_and = 1;      // __syncthreads_and of the threads arrived so far
+    int bar_res_and = 0;  // and of the last completed barrier
     void* main_sp = nullptr;  // the scheduler's stack pointer while a fiber runs
     uint64_t events = 0;
     std::string error;
@@ -210,19 +210,13 @@ static void wait_for(const uint64_t* gen, uint64_t seen, const char* where) {
 static void release_block_barrier() {
     L->bar_arrived = 0;
     L->bar_res_and = L->bar_and;
-    L->bar_res_or = L->bar_or;
-    L->bar_res_count = L->bar_count;
     L->bar_and = 1;
-    L->bar_or = 0;
-    L->bar_count = 0;
     L->bar_gen++;
     L->events++;
 }
 
 static void block_barrier(int pred) {
     L->bar_and &= pred != 0;
-    L->bar_or |= pred != 0;
-    L->bar_count += pred != 0;
     L->events++;
     if (L->live < L->fibers.size())
         fail("__syncthreads reached after other threads of the block returned");
@@ -237,14 +231,6 @@ void sync_block() { block_barrier(1); }
 int sync_block_and(int p) {
     block_barrier(p);
     return L->bar_res_and;
-}
-int sync_block_or(int p) {
-    block_barrier(p);
-    return L->bar_res_or;
-}
-int sync_block_count(int p) {
-    block_barrier(p);
-    return L->bar_res_count;
 }
 
 void sync_warp(unsigned mask) {

@@ -199,3 +199,35 @@ pub fn assert_clean_error(run: (i32, String, String), needles: &[&str]) {
         assert!(lines[0].contains(n), "`{n}` not in: {}", lines[0]);
     }
 }
+
+/// A JSON file, parsed.
+pub fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Every number of a JSON value in a fixed order (arrays in order, object keys sorted), each
+/// with the key path leading to it (`/hands/mano/betas`).
+pub fn json_numbers(v: &serde_json::Value) -> Vec<(String, f64)> {
+    fn walk(v: &serde_json::Value, path: &str, out: &mut Vec<(String, f64)>) {
+        match v {
+            serde_json::Value::Number(n) => out.push((path.to_string(), n.as_f64().unwrap())),
+            serde_json::Value::Array(a) => a.iter().for_each(|e| walk(e, path, out)),
+            serde_json::Value::Object(o) => {
+                let mut keys: Vec<_> = o.keys().collect();
+                keys.sort();
+                for k in keys {
+                    walk(&o[k], &format!("{path}/{k}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, "", &mut out);
+    out
+}
+
+/// The numbers of a JSON value, in [`json_numbers`]' order.
+pub fn floats(v: &serde_json::Value) -> Vec<f64> {
+    json_numbers(v).into_iter().map(|(_, x)| x).collect()
+}
