@@ -406,6 +406,33 @@ fn non_finite_weights_are_refused_at_load() {
 }
 
 #[test]
+fn a_broken_kinematic_tree_is_refused_at_load() {
+    let st = setup("err_parents");
+    let edit = |name: &str, joint: usize, parent: i64| {
+        st.weights_edited(name, |v| {
+            let t = v.iter_mut().find(|t| t.name == "mano.parents").unwrap();
+            // i64 little-endian; a Vec<u8> need not be 8-aligned for a cast.
+            t.data[joint * 8..][..8].copy_from_slice(&parent.to_le_bytes());
+        })
+    };
+    let p = edit("root.safetensors", 0, 3);
+    assert_clean_error(
+        st.run_with_weights(&p),
+        &["`mano.parents`", "joint 0", "-1", "holds 3"],
+    );
+    let p = edit("forward.safetensors", 5, 9);
+    assert_clean_error(
+        st.run_with_weights(&p),
+        &["`mano.parents`", "joint 5 has parent 9"],
+    );
+    let p = edit("negative.safetensors", 7, -1);
+    assert_clean_error(
+        st.run_with_weights(&p),
+        &["`mano.parents`", "joint 7 has parent -1"],
+    );
+}
+
+#[test]
 fn an_input_that_overflows_the_model_is_an_error_not_nan_output() {
     let st = setup("err_huge_input");
     let mut x = read_all(&st.input);

@@ -47,6 +47,12 @@ impl Mano {
         let j_regressor = f.f32_finite("mano.J_regressor", Some(&[NUM_JOINTS, nv]))?;
         let lbs_weights = f.f32_finite("mano.lbs_weights", Some(&[nv, NUM_JOINTS]))?;
         let raw_parents = f.i64("mano.parents", Some(&[NUM_JOINTS]))?;
+        if raw_parents[0] != -1 {
+            return Err(err(format!(
+                "`mano.parents` must mark joint 0 as the root with -1; it holds {}",
+                raw_parents[0]
+            )));
+        }
         let mut parents = [0usize; NUM_JOINTS];
         for (j, &p) in raw_parents.iter().enumerate().skip(1) {
             if p < 0 || p as usize >= j {
