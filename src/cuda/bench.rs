@@ -163,7 +163,7 @@ impl<'a> Bench<'a> {
         let (s, c, heads, d, hidden) = (192usize, 1280usize, 16usize, 80usize, 5120usize);
         let rows = b * s;
         let es = std::mem::size_of::<T>() as f64;
-        let mode = T::NAME;
+        let mode = precision_name::<T>();
         let (w, r_) = (self.warmup, self.runs);
         let mut out = Vec::new();
 
@@ -408,13 +408,7 @@ impl<'a> Bench<'a> {
         let (w, r_) = (self.warmup, self.runs);
         let t = self.timer.time(be, w, r_, || gpu.replay())?;
         let mem = be.memory_used()?.saturating_sub(mem0);
-        let mut r = self.row(
-            "forward",
-            "hamer_ours",
-            if T::NAME == "f32" { "fp32" } else { "bf16" },
-            b,
-            &t,
-        );
+        let mut r = self.row("forward", "hamer_ours", precision_name::<T>(), b, &t);
         let secs = r.median_ms * 1e-3;
         r.images_per_s = Some(b as f64 / secs);
         let tflops = gflop_per_image * b as f64 / secs / 1e3;
@@ -429,5 +423,15 @@ impl<'a> Bench<'a> {
         });
         r.peak_mem_mib = Some(mem as f64 / (1 << 20) as f64);
         Ok(r)
+    }
+}
+
+/// The `--precision` name of element type `T` (`fp32`, `bf16`): the mode of a row, as the
+/// PyTorch benchmark labels its rows, so that compare_bench.py pairs the two engines' rows.
+fn precision_name<T: Dtype>() -> &'static str {
+    if T::NAME == "f32" {
+        "fp32"
+    } else {
+        T::NAME
     }
 }
