@@ -7,7 +7,7 @@
 # see README "CUDA kernels") and HANDCOV_REQUIRE_KERNELS=1, asks
 # `cargo test --release --no-run --message-format=json` for the test executables and copies them,
 # debug info stripped, as tests/<name> (integration tests; the library's and binaries' unit tests
-# as lib_<name> / bin_<name>), plus target/release/{infer,bench} when they exist, and packs them
+# as lib_<name> / bin_<name>), plus target/release/{infer,bench,train} when they exist, and packs them
 # into $BIN/gpubin.tar.xz (every binary embeds all the PTX: ~65 MiB loose, the device tool carries
 # 64 MiB at most; PACK=0 leaves them loose in $BIN instead). gpu_check.sh unpacks it.
 # BUILD_INFO (beside and inside) records the commit, nvcc, and the paths baked into the test
@@ -86,7 +86,7 @@ while IFS=$'\t' read -r name exe; do
   echo "  tests/$name  <- ${exe#"$root"/}"
 done < "$stage/.list"
 rm -f "$stage/.list"
-for b in infer bench; do
+for b in infer bench train; do
   if [ -x "$target_dir/release/$b" ]; then
     strip --strip-debug -o "$stage/$b" "$target_dir/release/$b"
     echo "  $b  <- ${target_dir#"$root"/}/release/$b"

@@ -29,6 +29,10 @@
 #              (--append when torch_train wrote the file in this run)
 #   compare    tests/reference/compare_bench.py on the two JSONL files (inference, training and
 #              NLL tables; handcov's train / nll rows come from its bench in handcov_bench.jsonl)
+#   demo       (not in the default list: run it alone, STEPS=env,demo, since $OUT holds 8 files)
+#              $BIN/train with no arguments, the README's first command, on the GPU: generates
+#              the synthetic set in scratch space, trains its default GPU steps, evaluates; its
+#              log and table in $OUT/demo.log, at most DEMO_TIMEOUT_S (540) seconds
 # then prints a short summary (tests, sanitizer errors, the comparison table), last.
 #
 # Environment: BIN (gpubin), OUT (./gpu_out; the device tool sets it), STEPS, BUDGET_S (560: the
@@ -45,7 +49,8 @@
 # test binaries at all when the tests step was asked for).
 #
 # $OUT receives at most 8 files (what the device tool brings back): env.txt, tests.log,
-# sanitizer.log, bench.log, handcov_bench.jsonl, torch_bench.jsonl, compare.md, summary.md.
+# sanitizer.log, bench.log, handcov_bench.jsonl, torch_bench.jsonl, compare.md, summary.md
+# (demo.log instead of most of them when the demo step runs alone).
 
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +70,8 @@ BENCH_ARGS="${BENCH_ARGS:-}"
 TORCH_ARGS="${TORCH_ARGS:-}"
 TORCH_TRAIN_TIMEOUT_S="${TORCH_TRAIN_TIMEOUT_S:-150}"
 TORCH_TRAIN_ARGS="${TORCH_TRAIN_ARGS:-}"
+DEMO_TIMEOUT_S="${DEMO_TIMEOUT_S:-540}"
+DEMO_ARGS="${DEMO_ARGS:-}"
 export RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
 
 mkdir -p "$OUT"
@@ -387,6 +394,27 @@ if [ -f "$BIN/gpubin.tar.xz" ]; then      # packed by build_gpu_bins.sh: unpack 
 fi
 find_sanitizer
 setup_libs > "$WORK/libs.txt"          # not in a subshell: LD_LIBRARY_PATH must stay exported
+step_demo() {
+  banner "demo (train with no arguments) on the GPU"
+  if [ ! -x "$BIN/train" ]; then
+    say "no $BIN/train: skipped"
+    note "- demo: skipped (no $BIN/train)"
+    return
+  fi
+  local t rc
+  t="$(cap "$DEMO_TIMEOUT_S")"
+  echo "---- $BIN/train --device cuda --out $WORK/demo --cache $WORK/cache $DEMO_ARGS (timeout ${t}s)" | tee -a "$OUT/demo.log"
+  # shellcheck disable=SC2086
+  (cd "$ROOT" && timeout --kill-after=10 "$t" "$BIN/train" --device cuda --out "$WORK/demo" \
+    --cache "$WORK/cache" --pictures 0 $DEMO_ARGS) 2>&1 | tee -a "$OUT/demo.log" | tail -20
+  rc=${PIPESTATUS[0]}
+  if [ "$rc" -ne 0 ]; then
+    note "- demo: exit status $rc (see demo.log)"
+  else
+    note "- demo: $(grep -m1 'held-out synthetic hands' "$OUT/demo.log"); PA-MPJPE etc.: $(grep -m1 '^tiny + ours' "$OUT/demo.log" | tr -s ' ')"
+  fi
+}
+
 has_step env && step_env
 if has_step tests || has_step sanitizer || has_step bench; then fix_paths; fi
 has_step tests && step_tests
@@ -395,6 +423,7 @@ has_step bench && step_bench
 has_step torch_train && step_torch_train
 has_step torch && step_torch
 has_step compare && step_compare
+has_step demo && step_demo
 
 # ---------------------------------------------------------------------------------------------
 # summary (printed last: the device tool returns the end of the output)

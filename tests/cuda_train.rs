@@ -299,7 +299,7 @@ fn the_demo_on_the_gpu_follows_the_cpu() {
     use handcov::synth::demo::run;
     let dir = scratch("cuda_train_demo");
     let mut o = small_demo(&dir);
-    o.steps = 8;
+    o.steps = Some(8);
     o.out = dir.join("cpu");
     let cpu = run(&o).unwrap();
     o.device = DeviceChoice::Cuda;

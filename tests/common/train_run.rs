@@ -81,7 +81,7 @@ pub fn small_demo(dir: &std::path::Path) -> handcov::synth::demo::DemoOptions {
         },
         cache: Some(dir.join("cache")),
         out: dir.join("out"),
-        steps: 40,
+        steps: Some(40),
         batch_size: 8,
         lr: 1e-3,
         device: handcov::engine::DeviceChoice::Cpu,
