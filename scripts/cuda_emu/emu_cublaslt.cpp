@@ -194,6 +194,7 @@ API cublasStatus_t cublasLtMatmul(void*, void* desc, const void* alpha, const vo
                                   void* cdesc, void* d, void* ddesc, const void*, void*, size_t,
                                   void* stream) {
     emu::Guard g;
+    emu::count("cublasLtMatmul");
     const Desc& ds = *static_cast<Desc*>(desc);
     const Layout& la = *static_cast<Layout*>(adesc);
     const Layout& lb = *static_cast<Layout*>(bdesc);

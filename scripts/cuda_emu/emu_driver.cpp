@@ -138,6 +138,25 @@ int emu::enqueue(void* stream, std::function<int()> op) {
     return op();
 }
 
+static std::map<std::string, unsigned long long>* g_counts = nullptr;
+
+static void print_counts() {
+    unsigned long long launches = 0;
+    for (const auto& [what, n] : *g_counts) launches += what.rfind("launch ", 0) == 0 ? n : 0;
+    fprintf(stderr, "cuda_emu stats: %llu kernel launches\n", launches);
+    for (const auto& [what, n] : *g_counts) fprintf(stderr, "cuda_emu stats: %10llu  %s\n", n, what.c_str());
+}
+
+void emu::count(const std::string& what) {
+    static const bool on = getenv("HANDCOV_EMU_STATS") != nullptr;
+    if (!on) return;
+    if (g_counts == nullptr) {
+        g_counts = new std::map<std::string, unsigned long long>();
+        atexit(print_counts);
+    }
+    ++(*g_counts)[what];
+}
+
 #define API extern "C" __attribute__((visibility("default")))
 #define ENTRY                 \
     emu::Guard guard_;        \
@@ -224,6 +243,7 @@ API CUresult cuCtxGetDevice(CUdevice* d) {
 }
 API CUresult cuCtxSynchronize() {
     ENTRY;
+    emu::count("cuCtxSynchronize");
     return CUDA_SUCCESS;
 }
 API CUresult cuCtxSetLimit(int, size_t) { return CUDA_SUCCESS; }
@@ -298,6 +318,7 @@ static CUresult copy(void* stream, CUdeviceptr dst, bool dst_dev, CUdeviceptr sr
                      size_t n, const char* what) {
     if (dst_dev && check_device_range(dst, n, what) != CUDA_SUCCESS) return CUDA_ERROR_INVALID_VALUE;
     if (src_dev && check_device_range(src, n, what) != CUDA_SUCCESS) return CUDA_ERROR_INVALID_VALUE;
+    emu::count(what);
     return emu::enqueue(stream, [=] {
         memmove((void*)(uintptr_t)dst, (const void*)(uintptr_t)src, n);
         return CUDA_SUCCESS;
@@ -365,6 +386,7 @@ API CUresult cuStreamDestroy_v2(void* s) {
 }
 API CUresult cuStreamSynchronize(void*) {
     ENTRY;
+    emu::count("cuStreamSynchronize");
     return CUDA_SUCCESS;
 }
 API CUresult cuStreamQuery(void*) {
@@ -394,6 +416,7 @@ API CUresult cuEventRecord(void* e, void* s) {
 }
 API CUresult cuEventSynchronize(void*) {
     ENTRY;
+    emu::count("cuEventSynchronize");
     return CUDA_SUCCESS;
 }
 API CUresult cuEventQuery(void*) {
@@ -438,6 +461,7 @@ API CUresult cuGraphUpload(void*, void*) { return CUDA_SUCCESS; }
 API CUresult cuGraphLaunch(void* exec, void* s) {
     ENTRY;
     Graph* g = static_cast<Graph*>(exec);
+    emu::count("cuGraphLaunch");
     return emu::enqueue(s, [g] {
         for (auto& node : g->nodes) {
             const int r = node();
@@ -550,6 +574,7 @@ API CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsi
     }
     const dim3 grid{gx, gy, gz}, block{bx, by, bz};
     const emu::KernelInfo* kp = &k;
+    emu::count(std::string("launch ") + k.name);
     return emu::enqueue(stream, [kp, grid, block, smem, copies]() mutable {
         std::vector<void*> ptrs;
         for (auto& c : copies) ptrs.push_back(c.data());
