@@ -147,14 +147,14 @@ static void print_counts() {
     for (const auto& [what, n] : *g_counts) fprintf(stderr, "cuda_emu stats: %10llu  %s\n", n, what.c_str());
 }
 
-void emu::count(const std::string& what) {
+void emu::count(const std::string& what, unsigned long long n) {
     static const bool on = getenv("HANDCOV_EMU_STATS") != nullptr;
     if (!on) return;
     if (g_counts == nullptr) {
         g_counts = new std::map<std::string, unsigned long long>();
         atexit(print_counts);
     }
-    ++(*g_counts)[what];
+    (*g_counts)[what] += n;
 }
 
 #define API extern "C" __attribute__((visibility("default")))
@@ -319,6 +319,7 @@ static CUresult copy(void* stream, CUdeviceptr dst, bool dst_dev, CUdeviceptr sr
     if (dst_dev && check_device_range(dst, n, what) != CUDA_SUCCESS) return CUDA_ERROR_INVALID_VALUE;
     if (src_dev && check_device_range(src, n, what) != CUDA_SUCCESS) return CUDA_ERROR_INVALID_VALUE;
     emu::count(what);
+    emu::count(std::string(what) + " bytes", n);
     return emu::enqueue(stream, [=] {
         memmove((void*)(uintptr_t)dst, (const void*)(uintptr_t)src, n);
         return CUDA_SUCCESS;

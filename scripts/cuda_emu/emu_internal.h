@@ -51,10 +51,11 @@ std::string run_launch(const KernelInfo& k, dim3 grid, dim3 block, unsigned dyn_
 // (default: $HANDCOV_EMU_ORDER, else forward).
 void set_order(const char* order);
 
-// With $HANDCOV_EMU_STATS set: counts one host-side API operation under `what` (a kernel
-// launch by kernel name, a GEMM, a copy, a synchronisation); the counts go to stderr at exit.
+// With $HANDCOV_EMU_STATS set: adds `n` to the count of `what`, a host-side API operation (a
+// kernel launch by kernel name, a GEMM, a copy and its bytes, a synchronisation); the counts go
+// to stderr at exit.
 // What a real GPU's per-call overhead is made of; callers hold the lock.
-void count(const std::string& what);
+void count(const std::string& what, unsigned long long n = 1);
 
 // Serialises the whole emulator: every API entry point holds it.
 void lock();
