@@ -18,6 +18,14 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The `--precision` name (`fp32`, `bf16`), as `parse` reads it and benchmark rows say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Precision> {
         match s {
             "fp32" => Ok(Precision::Fp32),

@@ -6,6 +6,7 @@
 use half::bf16;
 
 use super::{CudaBackend, Dtype, GpuModel, Timer};
+use crate::engine::Precision;
 use crate::error::Result;
 use crate::model::HandModel;
 use crate::ops::covariance::CovParam;
@@ -430,8 +431,8 @@ impl<'a> Bench<'a> {
 /// PyTorch benchmark labels its rows, so that compare_bench.py pairs the two engines' rows.
 fn precision_name<T: Dtype>() -> &'static str {
     if T::NAME == "f32" {
-        "fp32"
+        Precision::Fp32.name()
     } else {
-        T::NAME
+        Precision::Bf16.name()
     }
 }

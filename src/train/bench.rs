@@ -104,7 +104,7 @@ pub fn cpu_train_step(b: usize, warmup: usize, runs: usize) -> Result<BenchRow> 
         engine: "handcov",
         kind: "train",
         kernel: "cpu_train_step".into(),
-        mode: "fp32".into(),
+        mode: Precision::Fp32.name().into(),
         batch: b,
         median_ms: med,
         p10_ms: q(0.1),
@@ -159,10 +159,6 @@ pub fn train_step(
     }
     be.synchronize()?;
     let mem = be.memory_used()?.saturating_sub(mem0);
-    let mode = match precision {
-        Precision::Fp32 => "fp32",
-        Precision::Bf16 => "bf16",
-    };
     let med = t.median() as f64;
     // GFLOP per ms = TFLOP/s.
     let tflops = TRAIN_GFLOP_PER_IMAGE * b as f64 / med;
@@ -174,7 +170,7 @@ pub fn train_step(
         engine: "handcov",
         kind: "train",
         kernel: "train_step".into(),
-        mode: mode.into(),
+        mode: precision.name().into(),
         batch: b,
         median_ms: med,
         p10_ms: t.quantile(0.1) as f64,
